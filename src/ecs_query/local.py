@@ -1,0 +1,239 @@
+"""Run a whole job on this machine: plan, shard workers in parallel, merge, commit.
+
+Each shard runs as its own ``ecs-query worker`` process with the same environment an ECS task
+would get, so local runs exercise the container contract. Transient failures are retried with
+backoff; a user error stops the job at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ecs_query import planner, stages
+from ecs_query.errors import EXIT_USER_ERROR, ShardFailuresError
+from ecs_query.planner import Plan
+from ecs_query.spec import JobSpec, Stage, TaskContext, Var
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ATTEMPTS: Final = 3
+
+
+@dataclass
+class ShardEvent:
+    """What the runner tells its progress display after each shard attempt."""
+
+    index: int
+    ok: bool
+    rows: int = 0
+    input_bytes: int = 0
+    message: str = ""
+    will_retry: bool = False
+
+
+@dataclass
+class RunReport:
+    spec: JobSpec
+    plan: Plan | None
+    manifest: dict[str, Any]
+    seconds: float
+    already_committed: bool = False
+    retries: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    workers: int | None = None
+    endpoint_url: str | None = None
+    attempts: int = DEFAULT_ATTEMPTS
+    backoff_seconds: float = 0.5
+    spill_dir: str | None = None
+
+
+def run_job(
+    spec: JobSpec,
+    options: RunOptions,
+    on_plan: Callable[[Plan], None] | None = None,
+    on_shard: Callable[[ShardEvent], None] | None = None,
+) -> RunReport:
+    """Plan, run every shard, then finalize. Raises ``ShardFailuresError`` if any shard fails."""
+    started = time.perf_counter()
+    outcome = stages.plan_job(spec, options.endpoint_url)
+    planned = time.perf_counter()
+    if outcome.plan is None:
+        assert outcome.already_committed is not None
+        return RunReport(spec, None, outcome.already_committed, 0.0, already_committed=True)
+    plan = outcome.plan
+    if on_plan is not None:
+        on_plan(plan)
+
+    runner = _ShardRunner(spec, plan, options, on_shard or (lambda event: None))
+    runner.run_all()
+    sharded = time.perf_counter()
+
+    context = TaskContext(
+        stage=Stage.FINALIZE,
+        shard_index=None,
+        plan_uri=None,
+        attempt=None,
+        spill_dir=options.spill_dir,
+        threads=None,
+        memory_limit=None,
+        endpoint_url=options.endpoint_url,
+    )
+    manifest = stages.run_finalize(spec, context, plan)
+    finished = time.perf_counter()
+    return RunReport(
+        spec,
+        plan,
+        manifest,
+        finished - started,
+        retries=runner.retries,
+        timings={
+            "plan": planned - started,
+            "shards": sharded - planned,
+            "finalize": finished - sharded,
+        },
+    )
+
+
+def worker_count(requested: int | None, shards: int) -> int:
+    return max(1, min(requested or os.cpu_count() or 1, shards))
+
+
+class _ShardRunner:
+    def __init__(
+        self,
+        spec: JobSpec,
+        plan: Plan,
+        options: RunOptions,
+        on_shard: Callable[[ShardEvent], None],
+    ) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.options = options
+        self.on_shard = on_shard
+        self.workers = worker_count(options.workers, len(plan.shards))
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.stop = threading.Event()
+        self.running: dict[int, subprocess.Popen[str]] = {}
+        self.lock = threading.Lock()
+        self.retries = 0
+
+    def base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.spec.to_env())
+        env[Var.STAGE.env] = Stage.SHARD.value
+        env[Var.PLAN.env] = planner.plan_uri(self.spec)
+        env[Var.THREADS.env] = str(self.threads)
+        if self.options.endpoint_url:
+            env[Var.ENDPOINT_URL.env] = self.options.endpoint_url
+        if self.options.spill_dir:
+            env[Var.SPILL_DIR.env] = self.options.spill_dir
+        return env
+
+    def run_all(self) -> None:
+        base = self.base_env()
+        failures: list[tuple[int, str, bool]] = []
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            futures: dict[Future[tuple[bool, str, bool]], int] = {
+                pool.submit(self.run_shard, shard.index, base): shard.index
+                for shard in self.plan.shards
+            }
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    ok, message, user_error = future.result()
+                    if not ok and message:
+                        failures.append((futures[future], message, user_error))
+                        if user_error:
+                            self.cancel()
+        if failures:
+            raise ShardFailuresError(failures, total=len(self.plan.shards))
+
+    def cancel(self) -> None:
+        self.stop.set()
+        with self.lock:
+            for process in self.running.values():
+                process.terminate()
+
+    def run_shard(self, index: int, base: Mapping[str, str]) -> tuple[bool, str, bool]:
+        """Run one shard with retries; returns (ok, error message, is user error)."""
+        message = ""
+        for attempt in range(1, self.options.attempts + 1):
+            if self.stop.is_set():
+                return False, "", False
+            code, message, event = self.run_attempt(index, attempt, base)
+            if code == 0:
+                self.on_shard(event)
+                return True, "", False
+            user_error = code == EXIT_USER_ERROR
+            retry = not user_error and attempt < self.options.attempts and not self.stop.is_set()
+            self.on_shard(ShardEvent(index, False, message=message, will_retry=retry))
+            if not retry:
+                return False, message, user_error
+            with self.lock:
+                self.retries += 1
+            time.sleep(self.options.backoff_seconds * 2 ** (attempt - 1))
+        return False, message, False
+
+    def run_attempt(
+        self, index: int, attempt: int, base: Mapping[str, str]
+    ) -> tuple[int, str, ShardEvent]:
+        env = dict(base)
+        env[Var.SHARD_INDEX.env] = str(index)
+        env[Var.ATTEMPT.env] = f"local-{attempt}-{uuid.uuid4().hex[:8]}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ecs_query", "worker"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        with self.lock:
+            self.running[index] = process
+        output, _ = process.communicate()
+        with self.lock:
+            self.running.pop(index, None)
+        event = ShardEvent(index, process.returncode == 0)
+        message = ""
+        for line in output.splitlines():
+            record = _json_line(line)
+            if record is None:
+                if line.strip():
+                    message = line.strip()
+                continue
+            if record.get("message") == "shard done":
+                event.rows = int(record.get("rows", 0))
+                event.input_bytes = int(record.get("input_bytes", 0))
+            elif record.get("level") in {"ERROR", "CRITICAL"}:
+                message = f"{record.get('error_type', 'Error')}: {record.get('message')}"
+        if process.returncode != 0 and not message:
+            message = f"worker exited with code {process.returncode}"
+        if process.returncode < 0:
+            message = f"worker killed by signal {-process.returncode}"
+        event.message = message
+        return process.returncode, message, event
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
