@@ -61,6 +61,11 @@ def items_uri(spec: JobSpec) -> str:
     return join(staging_uri(spec), "items.json")
 
 
+def summary_uri(spec: JobSpec) -> str:
+    """The plan's summary, which the state machine reads to size the Map and its tasks."""
+    return join(staging_uri(spec), "summary.json")
+
+
 def manifest_uri(output: str) -> str:
     return join(output, MANIFEST_NAME)
 

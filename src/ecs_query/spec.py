@@ -68,6 +68,7 @@ class Var(StrEnum):
     MAX_CONCURRENCY = "MAX_CONCURRENCY"
     OVERWRITE = "OVERWRITE"
     SINGLE_TASK = "SINGLE_TASK"
+    TOLERATED_FAILURES = "TOLERATED_FAILURES"
     STAGE = "STAGE"
     SHARD_INDEX = "SHARD_INDEX"
     PLAN = "PLAN"
@@ -240,7 +241,8 @@ class JobSpec:
         output_format = reader.choice(Var.OUTPUT_FORMAT, OutputFormat) or OutputFormat.PARQUET
         tables = reader.json_object(Var.TABLES)
         params = reader.json_object(Var.PARAMS)
-        merge_sql = environ.get(Var.MERGE_SQL.env)
+        # An empty merge SQL means none: a state machine cannot leave a variable out.
+        merge_sql = environ.get(Var.MERGE_SQL.env) or None
         target = reader.integer(Var.TARGET_SHARD_MIB, DEFAULT_TARGET_SHARD_MIB)
         concurrency = reader.integer(Var.MAX_CONCURRENCY, DEFAULT_MAX_CONCURRENCY)
         overwrite = reader.boolean(Var.OVERWRITE)
@@ -290,6 +292,7 @@ class TaskContext:
     threads: int | None
     memory_limit: str | None
     endpoint_url: str | None
+    tolerated_failures: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TaskContext:
@@ -305,6 +308,9 @@ class TaskContext:
         threads = reader.optional_integer(Var.THREADS)
         if threads is not None and threads < 1:
             reader.problems.append(f"{Var.THREADS.env}: {threads}; use 1 or more")
+        tolerated = reader.integer(Var.TOLERATED_FAILURES, 0)
+        if tolerated < 0:
+            reader.problems.append(f"{Var.TOLERATED_FAILURES.env}: {tolerated}; use 0 or more")
         attempt = environ.get(Var.ATTEMPT.env) or None
         if attempt is not None and not _JOB_ID_RE.match(attempt):
             reader.problems.append(
