@@ -67,14 +67,16 @@ def print_plan(plan: Plan, console: Console | None = None, *, max_rows: int = 20
     console.print(
         f"input: {plan.file_count:,} {plan.input_format.value} files, "
         f"{human_bytes(plan.total_bytes)} in {len(plan.shards):,} shards "
-        f"(largest/mean {plan.balance:.3f})"
+        f"(largest/mean {plan.balance:.3f})",
+        soft_wrap=True,
     )
     console.print(f"task size: {plan.task_size}; concurrency: {plan.concurrency}")
     console.print(
         f"estimate on Fargate: ~{estimate.seconds:,.0f} s; "
         f"Spot ${estimate.spot_usd:,.4f}, on-demand ${estimate.on_demand_usd:,.4f} "
         f"({estimate.prices.region} prices as of {estimate.prices.as_of}; Spot assumed "
-        f"{estimate.prices.spot_discount:.0%} below on-demand; excludes S3 requests)"
+        f"{estimate.prices.spot_discount:.0%} below on-demand; excludes S3 requests)",
+        soft_wrap=True,
     )
     if plan.merge_sql is not None:
         console.print("merge: one pass over all shard results")
@@ -122,7 +124,9 @@ def run_with_progress(spec: JobSpec, options: local.RunOptions) -> local.RunRepo
         else:
             progress.update(task_id, failed=task.fields["failed"] + 1)
             verb = "retrying" if event.will_retry else "failed"
-            progress.console.print(f"[yellow]shard {event.index} {verb}: {event.message}")
+            progress.console.print(
+                f"[yellow]shard {event.index} {verb}: {event.message}", soft_wrap=True
+            )
 
     with progress:
         return local.run_job(spec, options, on_plan=on_plan, on_shard=on_shard)
@@ -158,7 +162,8 @@ def print_report(
     if report.already_committed:
         console.print(
             f"job {report.spec.job_id} already committed to {report.spec.output} "
-            f"at {manifest.get('committed_at')}; nothing to do (pass --overwrite to run again)"
+            f"at {manifest.get('committed_at')}; nothing to do (pass --overwrite to run again)",
+            soft_wrap=True,
         )
     else:
         seconds = report.seconds
@@ -168,7 +173,8 @@ def print_report(
             f"committed {manifest['rows']:,} rows in {len(manifest['files'])} file(s) to "
             f"{report.spec.output} in {seconds:.2f} s ({timing}); "
             f"read {human_bytes(manifest['input_bytes'])} at {rate:,.0f} MiB/s"
-            + (f"; {report.retries} shard retries" if report.retries else "")
+            + (f"; {report.retries} shard retries" if report.retries else ""),
+            soft_wrap=True,
         )
     if preview_rows > 0:
         print_preview(manifest, preview_rows, endpoint_url, console)

@@ -107,8 +107,8 @@ def _enable_s3(con: duckdb.DuckDBPyConnection, endpoint_url: str | None) -> None
     options: dict[str, str] = {"REGION": region}
     if credentials is not None:
         frozen = credentials.get_frozen_credentials()
-        options["KEY_ID"] = frozen.access_key
-        options["SECRET"] = frozen.secret_key
+        options["KEY_ID"] = frozen.access_key or ""
+        options["SECRET"] = frozen.secret_key or ""
         if frozen.token:
             options["SESSION_TOKEN"] = frozen.token
     if endpoint_url:

@@ -63,15 +63,11 @@ class CommitConflictError(UserError):
     """Another job committed to the same output first."""
 
 
-class WorkerInterrupted(TransientError):
-    """The worker was asked to stop (SIGTERM, for example a Fargate Spot interruption)."""
-
-
 class ShardFailuresError(EcsQueryError):
     """Several shards failed; the count and the first few failures are shown.
 
-    ``failures`` holds ``(shard index, message, is user error)``. The whole job is a user
-    error only when every failure is one.
+    ``failures`` holds ``(shard index, message, is user error)``. One user error makes the
+    whole job one: running it again cannot succeed.
     """
 
     def __init__(
@@ -84,5 +80,5 @@ class ShardFailuresError(EcsQueryError):
         more = len(self.failures) - shown
         tail = f"\n  ... and {more} more" if more > 0 else ""
         super().__init__(f"{len(self.failures)} of {total} shards failed:\n{head}{tail}")
-        user = all(is_user for _, _, is_user in self.failures)
+        user = any(is_user for _, _, is_user in self.failures)
         self.exit_code = EXIT_USER_ERROR if user else EXIT_TRANSIENT

@@ -107,10 +107,7 @@ def size_problem(cpu: int, memory_mib: int) -> str | None:
     allowed = valid_memory(cpu)
     if memory_mib not in allowed:
         low, high, step = _MEMORY_RANGES[cpu]
-        if cpu == 256:
-            choices = "512, 1024 or 2048"
-        else:
-            choices = f"{low} to {high} in steps of {step}"
+        choices = "512, 1024 or 2048" if cpu == 256 else f"{low} to {high} in steps of {step}"
         return f"memory {memory_mib} MiB does not fit cpu {cpu}; with cpu {cpu} use {choices} MiB"
     return None
 

@@ -70,7 +70,7 @@ def run_job(
 ) -> RunReport:
     """Plan, run every shard, then finalize. Raises ``ShardFailuresError`` if any shard fails."""
     started = time.perf_counter()
-    outcome = stages.plan_job(spec, options.endpoint_url)
+    outcome = stages.plan_job(spec, options.endpoint_url, write_summary=False)
     planned = time.perf_counter()
     if outcome.plan is None:
         assert outcome.already_committed is not None
@@ -181,6 +181,8 @@ class _ShardRunner:
                 self.on_shard(event)
                 return True, "", False
             user_error = code == EXIT_USER_ERROR
+            if self.stop.is_set() and not user_error:
+                return False, "", False  # stopped because another shard failed for good
             retry = not user_error and attempt < self.options.attempts and not self.stop.is_set()
             self.on_shard(ShardEvent(index, False, message=message, will_retry=retry))
             if not retry:

@@ -152,15 +152,15 @@ class JobSpec:
                 )
             if not uri.strip():
                 problems.append(f"{Var.TABLES.env}: table {name!r} has an empty location")
-        for name, value in self.params.items():
+        for name, param in self.params.items():
             if not _NAME_RE.match(name):
                 problems.append(
                     f"{Var.PARAMS.env}: parameter name {name!r} is not an identifier "
                     "(letters, digits and _; not starting with a digit)"
                 )
-            if not isinstance(value, str | int | float | bool | None):
+            if not isinstance(param, str | int | float | bool | None):
                 problems.append(
-                    f"{Var.PARAMS.env}: parameter {name!r} has a {type(value).__name__} value; "
+                    f"{Var.PARAMS.env}: parameter {name!r} has a {type(param).__name__} value; "
                     "use a string, number, boolean or null"
                 )
         if not 1 <= self.target_shard_mib <= 1024 * 1024:
@@ -301,7 +301,8 @@ class TaskContext:
         shard_index = reader.optional_integer(Var.SHARD_INDEX)
         if stage is Stage.SHARD and shard_index is None and Var.SHARD_INDEX.env not in environ:
             reader.problems.append(
-                f"{Var.SHARD_INDEX.env}: missing; the shard stage needs the shard's index (0, 1, ...)"
+                f"{Var.SHARD_INDEX.env}: missing; the shard stage needs the shard's index "
+                "(0, 1, ...)"
             )
         if shard_index is not None and shard_index < 0:
             reader.problems.append(f"{Var.SHARD_INDEX.env}: {shard_index} is negative")

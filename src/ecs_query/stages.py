@@ -87,13 +87,18 @@ def check_output(spec: JobSpec, store: Store) -> dict[str, Any] | None:
     return None
 
 
-def plan_job(spec: JobSpec, endpoint_url: str | None) -> PlanOutcome:
-    """List, plan and validate a job, then write its plan. Raises before any shard runs."""
+def plan_job(spec: JobSpec, endpoint_url: str | None, *, write_summary: bool) -> PlanOutcome:
+    """List, plan and validate a job, then write its plan. Raises before any shard runs.
+
+    With ``write_summary`` (the state machine's plan stage) a ``summary.json`` tells the state
+    machine how to size its Map, or that this job already committed and nothing is left to do.
+    """
     out_store = store_for(spec.output, endpoint_url)
     committed = check_output(spec, out_store)
     if committed is not None:
-        summary = {"job_id": spec.job_id, "already_committed": True, "shards": 0}
-        out_store.write_bytes(planner.summary_uri(spec), json.dumps(summary).encode())
+        if write_summary:
+            summary = {"job_id": spec.job_id, "already_committed": True, "shards": 0}
+            out_store.write_bytes(planner.summary_uri(spec), json.dumps(summary).encode())
         return PlanOutcome(plan=None, already_committed=committed)
 
     shard_sql = resolve_sql(spec.sql, endpoint_url, "SQL")
@@ -110,8 +115,9 @@ def plan_job(spec: JobSpec, endpoint_url: str | None) -> PlanOutcome:
     out_store.delete(leftovers)
     out_store.write_bytes(planner.plan_uri(spec), plan.to_json().encode())
     out_store.write_bytes(planner.items_uri(spec), json.dumps(plan.items()).encode())
-    summary = {**plan.summary(), "already_committed": False}
-    out_store.write_bytes(planner.summary_uri(spec), json.dumps(summary).encode())
+    if write_summary:
+        summary = {**plan.summary(), "already_committed": False}
+        out_store.write_bytes(planner.summary_uri(spec), json.dumps(summary).encode())
     return PlanOutcome(plan=plan)
 
 

@@ -22,6 +22,7 @@ from ecs_query.errors import InputError, OutputExistsError, TransientError, User
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,9 @@ class S3Store:
             by_bucket.setdefault(location.bucket, []).append(location.path)
         for bucket, keys in by_bucket.items():
             for start in range(0, len(keys), 1000):
-                batch = [{"Key": key} for key in keys[start : start + 1000]]
+                batch: list[ObjectIdentifierTypeDef] = [
+                    {"Key": key} for key in keys[start : start + 1000]
+                ]
                 with _s3_errors(f"s3://{bucket}/"):
                     self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch})
 

@@ -58,7 +58,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 def _run_stage(spec: JobSpec, context: TaskContext, fields: dict[str, Any]) -> None:
     started = time.perf_counter()
     if context.stage is Stage.PLAN:
-        outcome = stages.plan_job(spec, context.endpoint_url)
+        outcome = stages.plan_job(spec, context.endpoint_url, write_summary=True)
         if outcome.plan is None:
             logger.info("job already committed; nothing to do", extra={"fields": fields})
             return
