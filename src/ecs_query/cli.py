@@ -23,18 +23,27 @@ from ecs_query.spec import (
 )
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only when there is one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, [], False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ecs-query",
         description="Run SQL over large data sets as sharded DuckDB tasks, locally or on ECS.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
         "run",
         help="run a job on this machine: plan, shards in parallel, merge, commit",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_job_arguments(run)
     run.add_argument(
@@ -51,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser(
         "plan",
         help="show the shards, task size, concurrency and an estimate, without running",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_job_arguments(plan, for_plan=True)
 
@@ -92,6 +101,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser, *, for_plan: bool = Fals
         "--output-format",
         choices=[f.value for f in OutputFormat],
         default=OutputFormat.PARQUET.value,
+        help="format of the result files",
     )
     parser.add_argument(
         "--param",
