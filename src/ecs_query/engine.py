@@ -101,6 +101,11 @@ def _enable_s3(con: duckdb.DuckDBPyConnection, endpoint_url: str | None) -> None
 
     duckdb_extensions.import_extension("httpfs", con=con)
     con.execute("LOAD httpfs")
+    # S3 answers 503 SlowDown under load and endpoints restart: retry with backoff
+    # (0.2, 0.4, ... 6.4 s) before the shard gives up as transient.
+    con.execute("SET http_retries = 6")
+    con.execute("SET http_retry_wait_ms = 200")
+    con.execute("SET http_retry_backoff = 2.0")
     session = boto3.Session()
     credentials = session.get_credentials()
     region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
@@ -217,6 +222,11 @@ _USER_ERRORS: tuple[type[duckdb.Error], ...] = (
 def classify(error: duckdb.Error) -> Exception:
     """Decide whether a retry can help, and say what happened in one readable line."""
     message = _first_line(error)
+    if "max_temp_directory_size" in str(error) or "No space left on device" in str(error):
+        return UserError(
+            f"spill space ran out: {message.split(' This limit')[0]}; give the task more "
+            "ephemeral storage, mount EFS (ECS_QUERY_SPILL_DIR) or lower the shard size"
+        )
     if isinstance(error, duckdb.OutOfMemoryException):
         return UserError(
             f"out of memory: {message}; give the task more memory or lower the shard size"
@@ -227,10 +237,6 @@ def classify(error: duckdb.Error) -> Exception:
             return UserError(f"cannot read input: {message}")
         return TransientError(f"S3 request failed: {message}")
     if isinstance(error, duckdb.IOException):
-        if "No space left" in message or "could not write" in message.lower():
-            return UserError(
-                f"spill space ran out: {message}; give the task more ephemeral storage or mount EFS"
-            )
         if "Corrupt" in message or "magic" in message or "Invalid" in message:
             return QueryError(f"cannot read input: {message}")
         return TransientError(f"I/O failed: {message}")
@@ -240,6 +246,19 @@ def classify(error: duckdb.Error) -> Exception:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    lines = [line for line in text.splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else type(error).__name__
+    """DuckDB's message without its advice block, keeping the file it names."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    kept: list[str] = []
+    for line in lines:
+        if line.lower().startswith(
+            ("possible fixes", "potential fixes", "possible solutions", "*")
+        ):
+            break
+        kept.append(line)
+    text = " ".join(kept[:4])
+    named = next((line[len("file = ") :] for line in lines if line.startswith("file = ")), None)
+    if named and named not in text:
+        text += f" (file {named})"
+    return text

@@ -11,6 +11,7 @@ import fnmatch
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -224,9 +225,20 @@ class S3Store:
             raise
 
     def upload(self, local_path: str, uri: str) -> None:
+        """Upload through a transfer manager, so SIGTERM can cancel it: a cancelled multipart
+        upload is aborted, leaving no parts behind."""
+        from s3transfer.manager import TransferManager
+
         location = parse_location(uri)
-        with _s3_errors(uri):
-            self.client.upload_file(local_path, location.bucket, location.path)
+        with _s3_errors(uri), TransferManager(self.client) as manager:
+            future = manager.upload(local_path, location.bucket, location.path)
+            with _INFLIGHT_LOCK:
+                _INFLIGHT.add(future)
+            try:
+                future.result()
+            finally:
+                with _INFLIGHT_LOCK:
+                    _INFLIGHT.discard(future)
 
     def download(self, uri: str, local_path: str) -> None:
         location = parse_location(uri)
@@ -263,6 +275,19 @@ class S3Store:
                 return False
             raise _translate_client_error(uri, error) from error
         return True
+
+
+_INFLIGHT: set[Any] = set()
+_INFLIGHT_LOCK = threading.Lock()
+
+
+def cancel_transfers() -> int:
+    """Cancel every upload in flight in this process (called on SIGTERM); returns how many."""
+    with _INFLIGHT_LOCK:
+        futures = list(_INFLIGHT)
+    for future in futures:
+        future.cancel()
+    return len(futures)
 
 
 def store_for(uri: str, endpoint_url: str | None = None) -> Store:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, Final
 
-from ecs_query import engine, logs, stages
+from ecs_query import engine, logs, stages, storage
 from ecs_query.errors import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
@@ -127,6 +127,7 @@ def _run_interruptible(work: Callable[[], None], fields: dict[str, Any]) -> int:
     def on_sigterm(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
         engine.interrupt_all()
+        storage.cancel_transfers()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     thread = threading.Thread(target=target, name="stage", daemon=True)
