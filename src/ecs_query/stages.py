@@ -259,11 +259,11 @@ def _few(items: list[str], shown: int = 3) -> str:
 def run_finalize(spec: JobSpec, context: TaskContext, plan: Plan | None = None) -> dict[str, Any]:
     """Merge if the query needs it, publish the files and commit the manifest."""
     started = time.perf_counter()
-    plan = plan or load_plan(spec, context)
     store = store_for(spec.output, context.endpoint_url)
     committed = check_output(spec, store)
     if committed is not None:
-        return committed
+        return committed  # a retry after a successful commit: the staging area is gone
+    plan = plan or load_plan(spec, context)
     chosen = _choose_attempts(spec, plan, store, context.tolerated_failures)
     lock = join(spec.output, planner.STAGING_DIR, LOCK_NAME)
     _claim(store, lock, spec.job_id)
