@@ -31,12 +31,15 @@ class FaultProxy:
         self.requests = 0
         self.slowdowns = 0
         self.requests_at_stop = 0
+        self._restart_at = 0
+        self._down_for = 0.0
         self.slowdown_every = 0  # answer every Nth request with 503 SlowDown; 0 = never
         self.slowdown_budget = 0  # at most this many 503s in all
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.restarted = threading.Event()
 
     @property
     def endpoint(self) -> str:
@@ -114,6 +117,8 @@ class FaultProxy:
     def _take_slowdown(self) -> bool:
         with self._lock:
             self.requests += 1
+            if self._restart_at and self.requests == self._restart_at:
+                threading.Thread(target=self._cycle, args=(0.0, self._down_for)).start()
             due = self.slowdown_every and self.requests % self.slowdown_every == 0
             if due and self.slowdowns < self.slowdown_budget:
                 self.slowdowns += 1
@@ -133,15 +138,14 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def restart_after(self, delay: float, down_for: float) -> threading.Thread:
-        """In the background: wait ``delay`` s, go down for ``down_for`` s, come back."""
+    def restart_at_request(self, number: int, down_for: float) -> None:
+        """When request ``number`` arrives, go down for ``down_for`` s, then come back."""
+        self._restart_at = number
+        self._down_for = down_for
 
-        def cycle() -> None:
-            time.sleep(delay)
-            self.stop()
-            time.sleep(down_for)
-            self.start()
-
-        thread = threading.Thread(target=cycle, daemon=True)
-        thread.start()
-        return thread
+    def _cycle(self, delay: float, down_for: float) -> None:
+        time.sleep(delay)
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+        self.restarted.set()

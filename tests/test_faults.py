@@ -226,7 +226,7 @@ def test_job_survives_the_s3_endpoint_restarting(
     s3: Any, bucket: str, proxy: FaultProxy, six_files: Path, tmp_path: Path
 ) -> None:
     upload_folder(s3, bucket, "in/", six_files)
-    restart = proxy.restart_after(delay=0.8, down_for=3.0)
+    proxy.restart_at_request(20, down_for=3.0)
     report = run_json(
         "--sql",
         f"{GROUP_SQL}",
@@ -243,7 +243,7 @@ def test_job_survives_the_s3_endpoint_restarting(
         "--workers",
         "2",
     )
-    restart.join(timeout=10)
+    assert proxy.restarted.wait(timeout=10)
     assert report["ok"] is True
     # The job was talking to S3 before the endpoint went away, and again after it came back.
     assert 0 < proxy.requests_at_stop < proxy.requests
