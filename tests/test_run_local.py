@@ -344,7 +344,7 @@ def test_missing_input_folder_is_named(tmp_path: Path) -> None:
     result = ecs_query(
         "run",
         "--sql",
-        "SELECT 1",
+        "SELECT * FROM input",
         "--input",
         str(tmp_path / "nothing"),
         "--output",
@@ -403,3 +403,51 @@ def test_worker_without_environment_lists_every_missing_variable() -> None:
     emf = json.loads(result.stdout.splitlines()[1])
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "EcsQuery"
     assert emf["ShardsFailed"] == 1
+
+
+def test_one_statement_is_split_into_shard_and_merge_sql(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sql = (
+        "SELECT grp, count(*) AS n, avg(val) AS mean, max(label) AS top FROM input "
+        "GROUP BY grp ORDER BY grp NULLS FIRST"
+    )
+    report = run_json(
+        "--sql", sql, "--input", str(data), "--output", str(out), "--target-shard-mib", "1"
+    )
+    assert report["shards"] >= 2
+    manifest = json.loads((out / "_manifest.json").read_text())
+    got = read_manifest_rows(manifest)
+    expected = query(sql.replace("FROM input", f"FROM read_parquet('{data}/*.parquet')"))
+    assert [row[:2] + row[3:] for row in got] == [row[:2] + row[3:] for row in expected]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine[2] == pytest.approx(theirs[2], rel=1e-9)
+
+
+def test_plan_explain_prints_the_shard_and_merge_sql(data: Path) -> None:
+    result = ecs_query(
+        "plan",
+        "--sql",
+        "SELECT grp, sum(val) AS s FROM input GROUP BY grp",
+        "--input",
+        str(data),
+        "--explain",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mode: aggregate" in result.stdout
+    assert "shard SQL (per shard, over the table input):" in result.stdout
+    assert "merge SQL (once, over the table partials):" in result.stdout
+    assert "FROM partials" in result.stdout
+
+
+def test_sql_that_cannot_be_split_asks_for_single_task(data: Path, tmp_path: Path) -> None:
+    sql = "SELECT id, row_number() OVER (ORDER BY id) AS rn FROM input"
+    result = ecs_query("run", "--sql", sql, "--input", str(data), "--output", str(tmp_path / "out"))
+    assert result.returncode == 65
+    assert "NotDistributableError" in result.stderr
+    assert "pass --single-task" in result.stderr
+
+    report = run_json(
+        "--sql", sql, "--single-task", "--input", str(data), "--output", str(tmp_path / "single")
+    )
+    assert report["shards"] == 1
+    assert report["rows"] == query(f"SELECT count(*) FROM read_parquet('{data}/*.parquet')")[0][0]

@@ -92,7 +92,7 @@ def test_missing_bucket_is_named(moto_server: MotoServer, tmp_path: Path) -> Non
     result = ecs_query(
         "run",
         "--sql",
-        "SELECT 1",
+        "SELECT * FROM input",
         "--input",
         "s3://no-such-bucket-here/data/",
         "--output",
@@ -111,7 +111,7 @@ def test_empty_prefix_is_named(
     result = ecs_query(
         "run",
         "--sql",
-        "SELECT 1",
+        "SELECT * FROM input",
         "--input",
         f"s3://{bucket}/missing/",
         "--output",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ecs_query import planner, stages
+from ecs_query import stages
 from ecs_query.errors import EcsQueryError, JobSpecError
 from ecs_query.spec import (
     DEFAULT_MAX_CONCURRENCY,
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_job_arguments(plan, for_plan=True)
+    plan.add_argument(
+        "--explain", action="store_true", help="also print the shard SQL and the merge SQL"
+    )
 
     commands.add_parser(
         "worker",
@@ -136,6 +139,11 @@ def _add_job_arguments(parser: argparse.ArgumentParser, *, for_plan: bool = Fals
         help="job id (default: derived from the job, so a rerun is a no-op)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    parser.add_argument(
+        "--single-task",
+        action="store_true",
+        help="run the whole input as one task (for SQL that cannot be split over shards)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
@@ -190,6 +198,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
             target_shard_mib=args.target_shard_mib,
             max_concurrency=args.max_concurrency,
             overwrite=args.overwrite,
+            single_task=args.single_task,
             job_id=args.job_id or "",
         )
     except JobSpecError as error:
@@ -224,21 +233,11 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     from ecs_query import display
 
     spec = spec_from_args(args)
-    endpoint = _endpoint(args)
-    files, input_format = planner.list_inputs(spec.input, spec.input_format, endpoint)
-    tables = planner.list_tables(spec, endpoint)
-    shard_sql = stages.resolve_sql(spec.sql, endpoint, "SQL")
-    merge_sql = (
-        stages.resolve_sql(spec.merge_sql, endpoint, "merge SQL") if spec.merge_sql else None
-    )
-    plan = planner.make_plan(
-        spec, files, input_format, shard_sql=shard_sql, merge_sql=merge_sql, tables=tables
-    )
-    stages.validate_queries(plan, spec.params, endpoint)
+    plan = stages.build_plan(spec, _endpoint(args))
     if args.json:
         out.write(json.dumps(display.plan_document(plan), indent=2) + "\n")
     else:
-        display.print_plan(plan)
+        display.print_plan(plan, explain=args.explain)
     return 0
 
 

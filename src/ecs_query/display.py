@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
@@ -35,6 +36,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
             "ephemeral_gib": plan.task_size.ephemeral_gib,
         },
         "balance_max_over_mean": round(plan.balance, 4),
+        "mode": plan.mode,
+        "reason": plan.reason,
         "shard_sql": plan.shard_sql,
         "merge_sql": plan.merge_sql,
         "shard_list": [
@@ -52,7 +55,9 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     }
 
 
-def print_plan(plan: Plan, console: Console | None = None, *, max_rows: int = 20) -> None:
+def print_plan(
+    plan: Plan, console: Console | None = None, *, max_rows: int = 20, explain: bool = False
+) -> None:
     console = console or Console()
     estimate = plan.estimate()
     table = Table(title=f"Plan for {plan.job_id}", title_justify="left")
@@ -78,8 +83,15 @@ def print_plan(plan: Plan, console: Console | None = None, *, max_rows: int = 20
         f"{estimate.prices.spot_discount:.0%} below on-demand; excludes S3 requests)",
         soft_wrap=True,
     )
-    if plan.merge_sql is not None:
-        console.print("merge: one pass over all shard results")
+    console.print(f"mode: {plan.mode}: {plan.reason}", soft_wrap=True)
+    if explain:
+        console.print("shard SQL (per shard, over the table input):")
+        console.print(Syntax(plan.shard_sql, "sql", word_wrap=True))
+        if plan.merge_sql is None:
+            console.print("merge SQL: none; the shard outputs are the result")
+        else:
+            console.print("merge SQL (once, over the table partials):")
+            console.print(Syntax(plan.merge_sql, "sql", word_wrap=True))
 
 
 class _RateColumn(ProgressColumn):

@@ -126,6 +126,8 @@ class Plan:
     shard_sql: str
     merge_sql: str | None = None
     tables: Mapping[str, TableFiles] = field(default_factory=dict)
+    mode: str = "map"
+    reason: str = ""
 
     @property
     def needs_merge(self) -> bool:
@@ -180,6 +182,8 @@ class Plan:
             ],
             "shard_sql": self.shard_sql,
             "merge_sql": self.merge_sql,
+            "mode": self.mode,
+            "reason": self.reason,
             "tables": {
                 name: {"format": table.input_format.value, "files": list(table.files)}
                 for name, table in self.tables.items()
@@ -205,6 +209,8 @@ class Plan:
             target_shard_bytes=document["target_shard_bytes"],
             shard_sql=document["shard_sql"],
             merge_sql=document["merge_sql"],
+            mode=document["mode"],
+            reason=document["reason"],
             tables={
                 name: TableFiles(InputFormat(table["format"]), tuple(table["files"]))
                 for name, table in document["tables"].items()
@@ -320,6 +326,8 @@ def make_plan(
     shard_sql: str,
     merge_sql: str | None,
     tables: Mapping[str, TableFiles],
+    mode: str = "map",
+    reason: str = "",
 ) -> Plan:
     """The plan for ``spec`` over this listing."""
     target = spec.target_shard_mib * 1024 * 1024
@@ -337,6 +345,8 @@ def make_plan(
         shard_sql=shard_sql,
         merge_sql=merge_sql,
         tables=dict(tables),
+        mode=mode,
+        reason=reason,
     )
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from ecs_query import engine, planner
+from ecs_query.distribute import distribute
 from ecs_query.errors import (
     CommitConflictError,
     EcsQueryError,
@@ -101,14 +102,7 @@ def plan_job(spec: JobSpec, endpoint_url: str | None, *, write_summary: bool) ->
             out_store.write_bytes(planner.summary_uri(spec), json.dumps(summary).encode())
         return PlanOutcome(plan=None, already_committed=committed)
 
-    shard_sql = resolve_sql(spec.sql, endpoint_url, "SQL")
-    merge_sql = resolve_sql(spec.merge_sql, endpoint_url, "merge SQL") if spec.merge_sql else None
-    files, input_format = planner.list_inputs(spec.input, spec.input_format, endpoint_url)
-    tables = planner.list_tables(spec, endpoint_url)
-    plan = planner.make_plan(
-        spec, files, input_format, shard_sql=shard_sql, merge_sql=merge_sql, tables=tables
-    )
-    validate_queries(plan, spec.params, endpoint_url)
+    plan = build_plan(spec, endpoint_url)
 
     staging = planner.staging_uri(spec)
     leftovers = [obj.uri for obj in _list_or_empty(out_store, staging)]
@@ -119,6 +113,40 @@ def plan_job(spec: JobSpec, endpoint_url: str | None, *, write_summary: bool) ->
         summary = {**plan.summary(), "already_committed": False}
         out_store.write_bytes(planner.summary_uri(spec), json.dumps(summary).encode())
     return PlanOutcome(plan=plan)
+
+
+def build_plan(spec: JobSpec, endpoint_url: str | None) -> Plan:
+    """Decide how the SQL runs over shards, list and pack the inputs, and check the queries
+    against the first file. Writes nothing."""
+    shard_sql = resolve_sql(spec.sql, endpoint_url, "SQL")
+    if spec.merge_sql:
+        merge_sql: str | None = resolve_sql(spec.merge_sql, endpoint_url, "merge SQL")
+        mode = "custom"
+        reason = "--merge-sql given: each shard runs the SQL, the merge SQL finishes the job"
+    else:
+        split = distribute(
+            shard_sql, single_task=spec.single_task, broadcast_tables=list(spec.tables)
+        )
+        shard_sql, merge_sql, mode, reason = (
+            split.shard_sql,
+            split.merge_sql,
+            split.mode.value,
+            split.reason,
+        )
+    files, input_format = planner.list_inputs(spec.input, spec.input_format, endpoint_url)
+    tables = planner.list_tables(spec, endpoint_url)
+    plan = planner.make_plan(
+        spec,
+        files,
+        input_format,
+        shard_sql=shard_sql,
+        merge_sql=merge_sql,
+        tables=tables,
+        mode=mode,
+        reason=reason,
+    )
+    validate_queries(plan, spec.params, endpoint_url)
+    return plan
 
 
 def validate_queries(
