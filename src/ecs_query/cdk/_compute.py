@@ -50,16 +50,18 @@ IMAGE_EXCLUDES: Final = (
 )
 
 
-def project_root() -> Path | None:
-    """The source tree this package was loaded from, when it is one (an editable install)."""
-    root = Path(__file__).resolve().parents[3]
+def project_root(module: Path | None = None) -> Path | None:
+    """The source tree this package was loaded from, when it is one (an editable install):
+    the folder three levels above ``src/ecs_query/cdk/``, holding the Dockerfile."""
+    path = Path(__file__) if module is None else module
+    root = path.resolve().parents[3]
     if (root / DOCKERFILE).is_file() and (root / "pyproject.toml").is_file():
         return root
     return None
 
 
-def bundled_image_problems() -> list[str]:
-    if project_root() is not None:
+def bundled_image_problems(root: Path | None) -> list[str]:
+    if root is not None:
         return []
     return [
         f"image: not given, and the worker image is built from {DOCKERFILE} of the project's "
@@ -69,10 +71,8 @@ def bundled_image_problems() -> list[str]:
     ]
 
 
-def bundled_image(architecture: ecs.CpuArchitecture) -> ecs.ContainerImage:
+def bundled_image(root: Path, architecture: ecs.CpuArchitecture) -> ecs.ContainerImage:
     """The worker image, built by the CDK CLI from container/Dockerfile at deploy time."""
-    root = project_root()
-    assert root is not None, "checked by bundled_image_problems"
     platform = (
         ecr_assets.Platform.LINUX_ARM64
         if architecture == ecs.CpuArchitecture.ARM64

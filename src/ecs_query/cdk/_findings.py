@@ -16,6 +16,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
+from ecs_query.cdk import _storage
 from ecs_query.cdk import _workflow as workflow
 
 if TYPE_CHECKING:
@@ -89,8 +90,6 @@ def _default_policy(role: iam.IRole) -> IConstruct | None:
 
 
 def _task_role(processor: QueryProcessor) -> None:
-    from ecs_query.cdk import _storage
-
     policy = _default_policy(processor.task_definition.task_role)
     if policy is None:
         return
@@ -275,8 +274,8 @@ def _custom_resource_provider(processor: QueryProcessor) -> None:
                 "need an EC2 endpoint for a once-per-deployment lookup.",
             },
         )
-    role_resource = None if role is None else role.node.default_child
-    if isinstance(role_resource, cdk.CfnResource) and isinstance(function, cdk.CfnResource):
+    if isinstance(function, cdk.CfnResource):
+        # CDK makes the function depend on its role explicitly as well as through GetAtt.
         ignore_cfn_lint(function, ["W3005"])
 
 
@@ -304,7 +303,7 @@ def _access_logs_bucket(processor: QueryProcessor) -> None:
 def skip_checkov(resource: cdk.CfnResource, reasons: dict[str, str]) -> None:
     """Record checkov skips in the resource's metadata, where checkov reads them."""
     existing = resource.get_metadata("checkov") or {}
-    skips = list(existing.get("skip", []))
+    skips = [skip for skip in existing.get("skip", []) if skip["id"] not in reasons]
     skips += [{"id": check, "comment": comment} for check, comment in reasons.items()]
     resource.add_metadata("checkov", {"skip": skips})
 

@@ -20,6 +20,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 HTTPS: Final = ec2.Port.tcp(443)
+PUBLIC_SUBNETS_WARNING: Final = "ecs-query:publicSubnets"
 NFS: Final = ec2.Port.tcp(2049)
 
 # Interface endpoints a Fargate task in an isolated subnet needs (platform 1.4.0): image
@@ -145,6 +146,21 @@ def existing_vpc(
     )
     task_sg.add_egress_rule(ec2.Peer.any_ipv4(), HTTPS, "HTTPS to AWS APIs")
     subnets = subnet_selection if subnet_selection is not None else ec2.SubnetSelection()
+    selected = vpc.select_subnets(
+        availability_zones=subnets.availability_zones,
+        one_per_az=subnets.one_per_az,
+        subnet_filters=subnets.subnet_filters,
+        subnet_group_name=subnets.subnet_group_name,
+        subnets=subnets.subnets,
+        subnet_type=subnets.subnet_type,
+    )
+    if selected.has_public:
+        cdk.Annotations.of(scope).add_warning_v2(
+            PUBLIC_SUBNETS_WARNING,
+            "subnet_selection selects public subnets, but tasks get no public IP there and "
+            "so no route to ECR, CloudWatch Logs or S3 unless the VPC has endpoints for them; "
+            "select private subnets instead",
+        )
     return Network(vpc, subnets, task_sg, None)
 
 

@@ -139,8 +139,27 @@ def new_file_system(
     vpc: ec2.IVpc,
     subnets: ec2.SubnetSelection,
     key: kms.IKey,
+    client: iam.IRole,
 ) -> efs.FileSystem:
-    """An encrypted, elastic-throughput file system whose mount targets only tasks can reach."""
+    """An encrypted, elastic-throughput file system whose mount targets only tasks can reach,
+    and whose policy lets only ``client`` mount and write, over TLS, through a mount target."""
+    policy = iam.PolicyDocument(
+        statements=[
+            iam.PolicyStatement(
+                sid="WorkerTasksOnly",
+                principals=[iam.ArnPrincipal(client.role_arn)],
+                actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+                conditions={"Bool": {"elasticfilesystem:AccessedViaMountTarget": "true"}},
+            ),
+            iam.PolicyStatement(
+                sid="TlsOnly",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["*"],
+                conditions={"Bool": {"aws:SecureTransport": "false"}},
+            ),
+        ]
+    )
     security_group = ec2.SecurityGroup(
         scope,
         "FileSystemSecurityGroup",
@@ -158,7 +177,7 @@ def new_file_system(
         security_group=security_group,
         throughput_mode=efs.ThroughputMode.ELASTIC,
         performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
-        allow_anonymous_access=False,
+        file_system_policy=policy,
         removal_policy=cdk.RemovalPolicy.RETAIN,
     )
 

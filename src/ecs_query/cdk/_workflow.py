@@ -21,7 +21,6 @@ and Fail states and the intrinsic functions JsonMerge, Format, JsonToString and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -440,6 +439,28 @@ def _shard_processor(scope: Construct, targets: WorkflowTargets) -> sfn.IChainab
     inspect = sfn.Choice(
         scope, "InspectSpotFailure", comment="A stopped task's Cause is its description."
     )
+    # The worker is the task's only container. Its exit code is read with ArrayGetItem rather
+    # than an indexed path: some interpreters (moto's) return a one-element list for
+    # "Containers[0]", so the Choice would never match there.
+    read_exit_code = sfn.Pass(
+        scope,
+        "ReadExitCode",
+        parameters={
+            "container": sfn.JsonPath.array_get_item(
+                sfn.JsonPath.list_at("$.failure.task.Containers"), 0
+            )
+        },
+        result_path="$.failure.worker",
+    ).next(classify)
+    has_containers = sfn.Choice(scope, "HasContainers")
+    has_containers.when(
+        sfn.Condition.and_(
+            sfn.Condition.is_present("$.failure.task.Containers"),
+            sfn.Condition.is_present("$.failure.task.Containers[0]"),
+        ),
+        read_exit_code,
+    )
+    has_containers.otherwise(classify)
     inspect.when(
         sfn.Condition.string_matches("$.error.Cause", "{*"),
         sfn.Pass(
@@ -449,7 +470,7 @@ def _shard_processor(scope: Construct, targets: WorkflowTargets) -> sfn.IChainab
                 "task": sfn.JsonPath.string_to_json(sfn.JsonPath.string_at("$.error.Cause"))
             },
             result_path="$.failure",
-        ).next(classify),
+        ).next(has_containers),
     )
     inspect.otherwise(shard_failed)
     spot.add_catch(inspect, errors=[sfn.Errors.TASKS_FAILED], result_path="$.error")
@@ -464,15 +485,14 @@ def _classify_spot_failure(
     scope: Construct, fall_back: sfn.IChainable, rejected: sfn.Fail, failed: sfn.Fail
 ) -> sfn.Choice:
     stop_code = "$.failure.task.StopCode"
-    exit_code = "$.failure.task.Containers[0].ExitCode"
+    exit_code = "$.failure.worker.container.ExitCode"
 
-    def exit_code_is(codes: Sequence[int]) -> sfn.Condition:
+    def exit_code_is(code: int) -> sfn.Condition:
+        # One flat rule per code: a present, numeric exit code equal to it.
         return sfn.Condition.and_(
             sfn.Condition.is_present(exit_code),
             sfn.Condition.is_numeric(exit_code),
-            sfn.Condition.or_(*(sfn.Condition.number_equals(exit_code, c) for c in codes))
-            if len(codes) > 1
-            else sfn.Condition.number_equals(exit_code, codes[0]),
+            sfn.Condition.number_equals(exit_code, code),
         )
 
     classify = sfn.Choice(
@@ -487,7 +507,8 @@ def _classify_spot_failure(
         ),
         fall_back,
     )
-    classify.when(exit_code_is([EXIT_USER_ERROR]), rejected)
-    classify.when(exit_code_is(RETRYABLE_EXIT_CODES), fall_back)
+    classify.when(exit_code_is(EXIT_USER_ERROR), rejected)
+    for code in RETRYABLE_EXIT_CODES:
+        classify.when(exit_code_is(code), fall_back)
     classify.otherwise(failed)
     return classify

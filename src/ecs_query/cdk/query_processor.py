@@ -208,15 +208,17 @@ class QueryProcessor(Construct):
             problems += _validation.input_prefixes_problems(input_prefixes)
         if output_prefix_scope is not None:
             problems += _validation.prefix_problems("output_prefix_scope", output_prefix_scope)
+        root = _compute.project_root() if image is None else None
         if image is None:
-            problems += _compute.bundled_image_problems()
+            problems += _compute.bundled_image_problems(root)
         if problems:
             raise _validation.PropsError("QueryProcessor", problems)
         nat_gateways = DEFAULT_NAT_GATEWAYS if nat_gateways is None else nat_gateways
         self.input_prefixes = None if input_prefixes is None else tuple(input_prefixes)
         self.output_prefix_scope = output_prefix_scope
         if image is None:
-            image = _compute.bundled_image(cpu_architecture)
+            assert root is not None, "checked with the other props"
+            image = _compute.bundled_image(root, cpu_architecture)
 
         # Keys: one for logs and alarms, one for data at rest when this construct stores any.
         self.monitoring_key = _storage.new_key(
@@ -371,7 +373,11 @@ class QueryProcessor(Construct):
         if existing is None:
             assert self.data_key is not None
             file_system: aws_efs.IFileSystem = _storage.new_file_system(
-                self, vpc=self.vpc, subnets=network.subnets, key=self.data_key
+                self,
+                vpc=self.vpc,
+                subnets=network.subnets,
+                key=self.data_key,
+                client=self.task_definition.task_role,
             )
         else:
             file_system = existing
