@@ -195,9 +195,8 @@ def test_every_task_gets_the_job_environment_and_its_stage(
 
 
 def test_job_environment_carries_every_contract_variable_a_job_sets() -> None:
-    """Everything but per-task settings and the single-task switch, which jobs here never set."""
+    """Everything but the per-task settings."""
     per_task = {
-        Var.SINGLE_TASK,
         Var.TOLERATED_FAILURES,
         Var.STAGE,
         Var.SHARD_INDEX,
@@ -411,6 +410,7 @@ def test_prepares_the_job_environment_from_a_minimal_request(
         "ECS_QUERY_TARGET_SHARD_MIB": "256",
         "ECS_QUERY_MAX_CONCURRENCY": "100",
         "ECS_QUERY_OVERWRITE": "false",
+        "ECS_QUERY_SINGLE_TASK": "false",
     }
     assert prepared["job"]["time_sensitive"] is False
 
@@ -432,6 +432,7 @@ def test_request_fields_override_the_defaults(
         "target_shard_mib": 512,
         "time_sensitive": True,
         "overwrite": True,
+        "single_task": True,
     }
     result = run(stepfunctions, machine, request, "full")
     assert result["status"] == "SUCCEEDED", result
@@ -452,6 +453,7 @@ def test_request_fields_override_the_defaults(
     assert env["ECS_QUERY_INPUT_FORMAT"] == "csv"
     assert env["ECS_QUERY_TARGET_SHARD_MIB"] == "512"
     assert env["ECS_QUERY_OVERWRITE"] == "true"
+    assert env["ECS_QUERY_SINGLE_TASK"] == "true"
     assert prepared["job"]["time_sensitive"] is True
 
 
@@ -462,7 +464,11 @@ def test_request_fields_override_the_defaults(
         ({"sql": 1, "input": "s3://in/x/", "output_prefix": "r"}, "needs 'sql'"),
         (
             {"sql": "s", "input": "s3://in/x/", "output_prefix": "r", "time_sensitive": "yes"},
-            "'time_sensitive' and 'overwrite' take true or false",
+            "'time_sensitive', 'overwrite' and 'single_task' take true or false",
+        ),
+        (
+            {"sql": "s", "input": "s3://in/x/", "output_prefix": "r", "single_task": 1},
+            "'single_task' take true or false",
         ),
         (
             {"sql": "s", "input": "s3://in/x/", "output_prefix": "r", "target_shard_mib": "64"},

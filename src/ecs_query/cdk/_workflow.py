@@ -54,7 +54,7 @@ SPOT_INTERRUPTION: Final = "SpotInterruption"
 FALLBACK_STATE: Final = "FallBackToOnDemand"
 
 # The execution input's optional fields and their defaults (the table in docs/construct.md).
-_BOOLEAN_FIELDS: Final = ("time_sensitive", "overwrite")
+_BOOLEAN_FIELDS: Final = ("time_sensitive", "overwrite", "single_task")
 _STRING_FIELDS: Final = ("job_id", "merge_sql", "input_format", "output_format")
 _REQUIRED_FIELDS: Final = ("sql", "input", "output_prefix")
 
@@ -72,6 +72,7 @@ JOB_VARIABLES: Final = (
     Var.TARGET_SHARD_MIB,
     Var.MAX_CONCURRENCY,
     Var.OVERWRITE,
+    Var.SINGLE_TASK,
 )
 
 
@@ -184,7 +185,8 @@ def _validate_input(scope: Construct, output_prefix_scope: str | None) -> sfn.Ch
         sfn.Condition.or_(*wrong_type),
         invalid(
             "RejectFieldType",
-            "'time_sensitive' and 'overwrite' take true or false, 'target_shard_mib' a number, "
+            "'time_sensitive', 'overwrite' and 'single_task' take true or false, "
+            "'target_shard_mib' a number, "
             "'job_id', 'merge_sql', 'input_format' and 'output_format' strings",
         ),
     )
@@ -219,6 +221,7 @@ def _apply_defaults(scope: Construct) -> sfn.Pass:
                 "target_shard_mib": DEFAULT_TARGET_SHARD_MIB,
                 "time_sensitive": False,
                 "overwrite": False,
+                "single_task": False,
             },
             "request": sfn.JsonPath.entire_payload,
         },
@@ -259,6 +262,9 @@ def _prepare_environment(scope: Construct, targets: WorkflowTargets) -> sfn.Pass
         ),
         Var.MAX_CONCURRENCY.env: str(targets.max_concurrency),
         Var.OVERWRITE.env: sfn.JsonPath.json_to_string(sfn.JsonPath.object_at(f"{job}.overwrite")),
+        Var.SINGLE_TASK.env: sfn.JsonPath.json_to_string(
+            sfn.JsonPath.object_at(f"{job}.single_task")
+        ),
     }
     assert list(env) == [var.env for var in JOB_VARIABLES]
     return sfn.Pass(
