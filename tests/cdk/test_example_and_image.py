@@ -58,6 +58,8 @@ def test_cdk_cli_synthesizes_the_example_with_context(tmp_path: Path) -> None:
             "aws-cdk@2",
             "synth",
             "--quiet",
+            "--no-notices",
+            "--no-version-reporting",
             "--output",
             str(tmp_path),
             "-c",
