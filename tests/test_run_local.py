@@ -451,3 +451,19 @@ def test_sql_that_cannot_be_split_asks_for_single_task(data: Path, tmp_path: Pat
     )
     assert report["shards"] == 1
     assert report["rows"] == query(f"SELECT count(*) FROM read_parquet('{data}/*.parquet')")[0][0]
+
+
+def test_a_missing_spill_folder_is_created_and_left_empty(data: Path, tmp_path: Path) -> None:
+    spill = tmp_path / "efs" / "spill"
+    report = run_json(
+        "--sql",
+        "SELECT grp, count(*) AS n FROM input GROUP BY grp",
+        "--input",
+        str(data),
+        "--output",
+        str(tmp_path / "out"),
+        env={"ECS_QUERY_SPILL_DIR": str(spill)},
+    )
+    assert report["rows"] == 6
+    assert spill.is_dir()
+    assert list(spill.iterdir()) == []

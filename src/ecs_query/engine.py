@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,24 +37,28 @@ class EngineSettings:
     endpoint_url: str | None = None
 
 
-_OPEN: list[duckdb.DuckDBPyConnection] = []
+# Open connections and the scratch folders each owns, so SIGTERM can interrupt them all and
+# closing one removes what it wrote.
+_OPEN: dict[int, tuple[duckdb.DuckDBPyConnection, list[str]]] = {}
 _OPEN_LOCK = threading.Lock()
 
 
 def interrupt_all() -> None:
     """Interrupt every query running in this process (called on SIGTERM)."""
     with _OPEN_LOCK:
-        connections = list(_OPEN)
+        connections = [con for con, _ in _OPEN.values()]
     for con in connections:
         with contextlib.suppress(duckdb.Error):
             con.interrupt()
 
 
 def close(con: duckdb.DuckDBPyConnection) -> None:
+    """Close ``con`` and remove its scratch folders (extensions, spill files)."""
     with _OPEN_LOCK:
-        if con in _OPEN:
-            _OPEN.remove(con)
+        _, folders = _OPEN.pop(id(con), (con, []))
     con.close()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def connect(
@@ -62,9 +67,14 @@ def connect(
     readable: Iterable[str],
     writable_dirs: Iterable[str] = (),
 ) -> duckdb.DuckDBPyConnection:
-    """A connection that can read ``readable`` locations and write below ``writable_dirs`` only."""
+    """A connection that can read ``readable`` locations and write below ``writable_dirs`` only.
+
+    DuckDB spills below ``settings.spill_dir`` (created if missing) in a folder of this
+    connection's own, so tasks sharing one file system (EFS) never collide.
+    """
     readable = list(readable)
     scratch = tempfile.mkdtemp(prefix="ecs-query-duckdb-")
+    folders = [scratch]
     config: dict[str, Any] = {
         "extension_directory": os.path.join(scratch, "extensions"),
         "autoinstall_known_extensions": False,
@@ -74,20 +84,23 @@ def connect(
         config["threads"] = settings.threads
     if settings.memory_limit is not None:
         config["memory_limit"] = settings.memory_limit
-    spill = settings.spill_dir or os.path.join(scratch, "spill")
+    if settings.spill_dir:
+        os.makedirs(settings.spill_dir, exist_ok=True)
+        spill = tempfile.mkdtemp(prefix="duckdb-spill-", dir=settings.spill_dir)
+        folders.append(spill)
+    else:
+        spill = os.path.join(scratch, "spill")
     config["temp_directory"] = spill
     con = duckdb.connect(config=config)
     if any(uri.startswith("s3://") for uri in readable):
         _enable_s3(con, settings.endpoint_url)
-    folders = [_as_dir(path) for path in [*writable_dirs, spill]]
-    s3_readable = [uri for uri in readable if uri.startswith("s3://")]
-    local_readable = [uri for uri in readable if not uri.startswith("s3://")]
-    con.execute("SET allowed_paths = $paths", {"paths": s3_readable + local_readable})
-    con.execute("SET allowed_directories = $dirs", {"dirs": folders})
+    allowed = [_as_dir(path) for path in [*writable_dirs, spill]]
+    con.execute("SET allowed_paths = $paths", {"paths": readable})
+    con.execute("SET allowed_directories = $dirs", {"dirs": allowed})
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     with _OPEN_LOCK:
-        _OPEN.append(con)
+        _OPEN[id(con)] = (con, folders)
     return con
 
 

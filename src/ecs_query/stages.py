@@ -230,7 +230,7 @@ def run_shard(spec: JobSpec, context: TaskContext, plan: Plan | None = None) -> 
     files = [file.uri for file in shard.files]
     table_files = [f for table in plan.tables.values() for f in table.files]
 
-    scratch = tempfile.mkdtemp(prefix="ecs-query-out-", dir=context.spill_dir)
+    scratch = tempfile.mkdtemp(prefix="ecs-query-out-", dir=_spill_dir(context))
     try:
         settings = _engine_settings(context)
         con = engine.connect(settings, readable=[*files, *table_files], writable_dirs=[scratch])
@@ -265,6 +265,13 @@ def run_shard(spec: JobSpec, context: TaskContext, plan: Plan | None = None) -> 
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _spill_dir(context: TaskContext) -> str | None:
+    """The configured spill folder, created on first use (a fresh EFS mount has none)."""
+    if context.spill_dir:
+        os.makedirs(context.spill_dir, exist_ok=True)
+    return context.spill_dir
 
 
 def _engine_settings(context: TaskContext) -> engine.EngineSettings:
@@ -397,7 +404,7 @@ def _merge(
 ) -> dict[str, Any]:
     """Run the merge SQL over every shard's partial result, as the table ``partials``."""
     assert plan.merge_sql is not None
-    scratch = tempfile.mkdtemp(prefix="ecs-query-merge-", dir=context.spill_dir)
+    scratch = tempfile.mkdtemp(prefix="ecs-query-merge-", dir=_spill_dir(context))
     try:
         partials = [chosen[index]["uri"] for index in sorted(chosen)]
         table_files = [f for table in plan.tables.values() for f in table.files]
