@@ -136,6 +136,18 @@ def concrete(value: Any, refs: Mapping[str, str]) -> str:
     if "Fn::Join" in value:
         delimiter, parts = value["Fn::Join"]
         return str(delimiter).join(concrete(part, refs) for part in parts)
+    if "Fn::Select" in value:
+        index, source = value["Fn::Select"]
+        if "Fn::Split" in source:
+            delimiter, text = source["Fn::Split"]
+            return concrete(text, refs).split(delimiter)[int(index)]
+        return concrete(source[int(index)], refs)
+    if "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+        return re.sub(
+            r"\$\{([^}]+)\}",
+            lambda match: concrete({"Ref": match.group(1)}, refs),
+            value["Fn::Sub"],
+        )
     raise AssertionError(f"no placeholder for {value!r}")
 
 
