@@ -104,6 +104,7 @@ class Orchestration:
         self._server: Any = None
         self.fargate: Fargate | None = None
         self.adaptations: Adaptations | None = None
+        self._log_levels: dict[str, int] = {}
 
     # ------------------------------------------------------------------------ life cycle
 
@@ -119,7 +120,10 @@ class Orchestration:
         from moto import mock_aws
         from moto.server import ThreadedMotoServer
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        # The interpreter logs every caught error with a repr of the whole state machine.
+        for name, level in (("werkzeug", logging.ERROR), ("moto", logging.CRITICAL)):
+            self._log_levels[name] = logging.getLogger(name).level
+            logging.getLogger(name).setLevel(level)
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})  # type: ignore[arg-type]
         self._mock.start()
         try:
@@ -159,6 +163,8 @@ class Orchestration:
         if self._mock is not None:
             self._mock.stop()
             self._mock = None
+        for name, level in self._log_levels.items():
+            logging.getLogger(name).setLevel(level)
 
     def reset(self) -> None:
         """Forget faults, task records and retry waits between scenarios."""

@@ -12,7 +12,9 @@ active, and each has a test of its own in test_moto_adaptations.py:
    ``ECS.AmazonECSException``) when RunTask itself fails. moto also drops every RunTask
    parameter missing from its own list, which predates ``CapacityProviderStrategy``: without it
    a Spot task would silently become a task on the cluster's default capacity. The adaptation
-   lets that parameter through.
+   lets that parameter through. Finally, moto waits on a task-token endpoint even for
+   ``.sync`` and interrupts it when an attempt fails; since Retry reuses the token, the next
+   attempt would end at once with ``States.Timeout``. Each ECS attempt gets a fresh token.
 3. Retry waits are real ``time.sleep`` calls of IntervalSeconds x BackoffRate^n (with jitter).
    The adaptation sleeps ``time_scale`` of each wait and records the wait asked for, so tests stay
    fast and can still check the backoff. Nothing else about retrying changes.
@@ -270,6 +272,9 @@ def _ecs_run_task(
     action = self._get_boto_service_action()
     if action != "run_task":
         raise RuntimeError(f"the e2e harness runs ecs:runTask only, not ecs:{action}")
+    if self.resource.condition == "sync":
+        # A fresh endpoint per attempt: the previous attempt's was interrupted when it ended.
+        env.callback_pool_manager.add(env.states.context_object.update_task_token())
     state = env.states.context_object.context_object_data["State"]
     try:
         response = _fargate().run_task(

@@ -266,6 +266,20 @@ def test_a_mid_stage_fault_stops_the_task_with_its_exit_and_stop_code(
     assert task.fault is kind and task.fault_applied
 
 
+def test_a_sync_task_retried_after_a_failed_run_runs_again(stub: Orchestration) -> None:
+    stub.tasks.inject(Fault(FaultKind.KILL, stage=None))
+    state = run_task_state(stub, {"ECS_QUERY_STAGE": "plan", "STUB_SLEEP": "1"})
+    state["Retry"] = [
+        {"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 1, "MaxAttempts": 1}
+    ]
+
+    result = run_definition(stub, single(state), "adapt-ecs-retry")
+
+    assert result.status == "SUCCEEDED", f"{result.error}: {result.cause}"
+    killed, retried = stub.tasks.tasks
+    assert (killed.exit_code, retried.exit_code, retried.attempt) == (137, 0, 2)
+
+
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
