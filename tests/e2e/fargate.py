@@ -206,6 +206,7 @@ class Fargate:
         self.listeners: list[Listener] = []
         self.peak_running: dict[str, int] = {}
         self._running: dict[str, int] = {}
+        self._described: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="fargate-monitor", daemon=True)
@@ -366,21 +367,38 @@ class Fargate:
 
     # ------------------------------------------------------------------------ RunTask
 
+    def _describe(self, kind: str, name: str) -> dict[str, Any]:
+        """moto's description of a cluster or task definition; nothing changes them during a
+        run, so each is asked for once (a 200-shard job would otherwise ask 600 times)."""
+        key = (kind, name)
+        with self._lock:
+            cached = self._described.get(key)
+        if cached is not None:
+            return cached
+        if kind == "cluster":
+            found = self.ecs.describe_clusters(clusters=[name])["clusters"]
+            described = dict(found[0]) if found else {}
+        else:
+            described = dict(
+                self.ecs.describe_task_definition(taskDefinition=name)["taskDefinition"]
+            )
+        with self._lock:
+            self._described[key] = described
+        return described
+
     def _task_definition(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         cluster = parameters.get("Cluster", "default")
-        found = self.ecs.describe_clusters(clusters=[cluster])["clusters"]
-        if not found or found[0]["clusterArn"] != self.cluster_arn:
+        if self._describe("cluster", cluster).get("clusterArn") != self.cluster_arn:
             raise RunTaskError("ECS.ClusterNotFoundException", f"Cluster not found: {cluster}")
         name = parameters.get("TaskDefinition")
         if not name:
             raise RunTaskError("ECS.InvalidParameterException", "TaskDefinition is required")
         try:
-            definition = self.ecs.describe_task_definition(taskDefinition=name)
+            return self._describe("task-definition", name)
         except Exception as error:
             raise RunTaskError(
                 "ECS.ClientException", f"Unable to describe task definition {name}: {error}"
             ) from error
-        return dict(definition["taskDefinition"])
 
     def _capacity(self, parameters: Mapping[str, Any]) -> Capacity:
         strategy = parameters.get("CapacityProviderStrategy")
@@ -392,7 +410,7 @@ class Fargate:
             )
         if strategy:
             providers = [item["CapacityProvider"] for item in strategy]
-            cluster = self.ecs.describe_clusters(clusters=[self.cluster_arn])["clusters"][0]
+            cluster = self._describe("cluster", self.cluster_arn)
             missing = sorted(set(providers) - set(cluster.get("capacityProviders", [])))
             if missing:
                 raise RunTaskError(
@@ -409,7 +427,7 @@ class Fargate:
                 f"Task definition does not support launch_type {launch_type}",
             )
         if launch_type is None:
-            cluster = self.ecs.describe_clusters(clusters=[self.cluster_arn])["clusters"][0]
+            cluster = self._describe("cluster", self.cluster_arn)
             default = cluster.get("defaultCapacityProviderStrategy") or []
             if not default:
                 raise RunTaskError(
