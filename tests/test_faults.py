@@ -150,7 +150,10 @@ def test_sigterm_makes_the_worker_exit_transient_within_ten_seconds(
     worker = subprocess.Popen(
         [sys.executable, "-m", "ecs_query", "worker"], env=env, stdout=subprocess.PIPE, text=True
     )
-    time.sleep(1.5)
+    assert worker.stdout is not None
+    first = json.loads(worker.stdout.readline())
+    assert first["message"] == "stage started"  # the SIGTERM handler is in place
+    time.sleep(1.0)
     # WHEN it gets SIGTERM
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)

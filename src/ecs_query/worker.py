@@ -57,6 +57,7 @@ def main(environ: Mapping[str, str] | None = None) -> int:
 
 def _run_stage(spec: JobSpec, context: TaskContext, fields: dict[str, Any]) -> None:
     started = time.perf_counter()
+    logger.info("stage started", extra={"fields": fields})
     if context.stage is Stage.PLAN:
         outcome = stages.plan_job(spec, context.endpoint_url, write_summary=True)
         if outcome.plan is None:
