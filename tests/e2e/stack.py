@@ -24,7 +24,6 @@ PSEUDO_PARAMETERS: Final = {
     "AWS::Region": REGION,
     "AWS::Partition": "aws",
     "AWS::URLSuffix": "amazonaws.com",
-    "AWS::StackName": "stack",
 }
 _SUB_VARIABLE: Final = re.compile(r"\$\{([^}!][^}]*)\}")
 
@@ -119,6 +118,8 @@ class Resolver:
     def ref(self, name: str) -> str:
         if name in PSEUDO_PARAMETERS:
             return PSEUDO_PARAMETERS[name]
+        if name == "AWS::StackName":
+            return self.template.stack_name
         if name in self.refs:
             return self.refs[name]
         kind = self.template.resource_type(name)
