@@ -13,8 +13,8 @@ would write it.
 Faults are injected per task: ``CAPACITY`` refuses the RunTask call like a Fargate capacity
 shortage, ``SPOT_INTERRUPTION`` sends SIGTERM to a Spot task mid-stage and stops it with stop
 code ``SpotInterruption`` (then SIGKILL after the container's stop timeout, as ECS does), and
-``KILL`` sends SIGKILL mid-stage (exit code 137). "Mid-stage" means the worker has installed
-its SIGTERM handler, which it does just before its stage starts (read from /proc).
+``KILL`` sends SIGKILL mid-stage (exit code 137). "Mid-stage" means shortly after the worker
+logs "stage started", which it does once its SIGTERM handler is in place.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ CAPACITY_CAUSE: Final = (
 )
 _STARTED_BY: Final = "AWS Step Functions"
 _MONITOR_INTERVAL_S: Final = 0.02
-# After the worker installs its SIGTERM handler, wait this long before a mid-stage fault so the
-# stage is under way (reading the plan, connecting to S3) rather than just starting.
+# The worker's log line once its SIGTERM handler is in place and its stage begins; a mid-stage
+# fault waits this long after it, so the stage is under way (reading the plan, connecting to S3).
+_STAGE_STARTED: Final = '"message": "stage started"'
 _FAULT_DELAY_S: Final = 0.2
 _MAX_OVERRIDE_CHARS: Final = 8192
 _PLATFORM_VERSIONS: Final = ("LATEST", "1.4.0")
@@ -565,7 +566,7 @@ class Fargate:
             return
         now = time.monotonic()
         if task.fault in (FaultKind.SPOT_INTERRUPTION, FaultKind.KILL) and not task.fault_applied:
-            if task.fault_due is None and _handles_sigterm(task.process.pid):
+            if task.fault_due is None and self.stage_started(task):
                 task.fault_due = now + _FAULT_DELAY_S
             if task.fault_due is not None and now >= task.fault_due:
                 task.fault_applied = True
@@ -579,6 +580,13 @@ class Fargate:
             self._signal(task, signal.SIGTERM, STOP_CODE_USER)
         if task.stop_deadline is not None and now >= task.stop_deadline:
             self._kill(task)
+
+    def stage_started(self, task: TaskRun) -> bool:
+        """Whether the task's worker has logged "stage started" (its SIGTERM handler is in)."""
+        try:
+            return _STAGE_STARTED in (self.work_dir / task.task_id / "output.log").read_text()
+        except OSError:
+            return False
 
     def _signal(self, task: TaskRun, signum: int, stop_code: str) -> None:
         if task.stopping_code is None:
@@ -627,16 +635,3 @@ def task_failed(description: Mapping[str, Any]) -> bool:
     """Whether ecs:runTask.sync fails the state: the essential container did not exit 0."""
     containers = description.get("Containers") or []
     return not containers or any(c.get("ExitCode") != 0 for c in containers)
-
-
-def _handles_sigterm(pid: int) -> bool:
-    """Whether the process has installed a SIGTERM handler (Linux: SigCgt in /proc)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    for line in status.splitlines():
-        if line.startswith("SigCgt:"):
-            caught = int(line.split()[1], 16)
-            return bool(caught & (1 << (signal.SIGTERM - 1)))
-    return False

@@ -326,7 +326,9 @@ def test_a_task_is_stopped_when_its_execution_stops(stub: Orchestration) -> None
         "executionArn"
     ]
     deadline = time.monotonic() + 20
-    while not stub.tasks.tasks and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+        stub.tasks.tasks and stub.tasks.stage_started(stub.tasks.tasks[0])
+    ):
         time.sleep(0.05)
 
     stub.sfn.stop_execution(executionArn=execution)
