@@ -150,6 +150,40 @@ def test_nine_shards_on_spot_commit_the_same_rows_as_the_local_runner(
     assert [key for key in cloud.keys("results/happy") if "/_ecs_query/" in key] == []
 
 
+def test_a_merge_job_commits_one_merged_result_and_its_rerun_does_nothing(
+    cloud: Orchestration, datasets: Datasets, tmp_path: Path
+) -> None:
+    request = job(
+        datasets.four,
+        "results/merged",
+        job_id="merged-daily",
+        sql="SELECT category, count(*) AS n FROM input GROUP BY category",
+        merge_sql="SELECT category, sum(n) AS n FROM partials GROUP BY category ORDER BY category",
+    )
+
+    first = cloud.run(request, "merge-first")
+
+    assert first.status == "SUCCEEDED", first.cause
+    manifest = cloud.manifest("results/merged")
+    assert manifest is not None
+    assert (manifest["shards"], [entry["shard"] for entry in manifest["files"]]) == (4, [None])
+    merged = tmp_path / "merged.parquet"
+    merged.write_bytes(cloud.read("results/merged/" + manifest["files"][0]["path"]))
+    counts = data.read_rows([merged], "SELECT category, n FROM data ORDER BY category")
+    expected = data.read_rows(
+        datasets.four.files, "SELECT category, count(*) FROM data GROUP BY 1 ORDER BY 1"
+    )
+    assert counts == expected
+
+    cloud.reset()
+    again = cloud.run(request, "merge-again")
+
+    assert again.status == "SUCCEEDED", again.cause
+    assert again.states_entered()[-2:] == ["CheckCommitted", "AlreadyCommitted"]
+    assert [task.stage for task in cloud.tasks.tasks] == ["plan"]
+    assert cloud.manifest("results/merged") == manifest
+
+
 # ---------------------------------------------------------------------------- Spot
 
 
