@@ -42,21 +42,25 @@ def six_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("faults") / "six", files=6)
 
 
-def worker_children(parent: int) -> list[int]:
-    """PIDs of ``ecs-query worker`` processes started by ``parent``."""
-    found = []
+def parents() -> dict[int, int]:
+    """Every process on the machine and its parent."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"worker" in cmdline:
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     return found
+
+
+def worker_children(runner: int) -> list[int]:
+    """Shard processes of a local run: the runner starts a fork server, which forks one
+    process per shard attempt, so they are the runner's grandchildren."""
+    tree = parents()
+    children = {pid for pid, parent in tree.items() if parent == runner}
+    return sorted(pid for pid, parent in tree.items() if parent in children)
 
 
 def signal_first_worker(runner: subprocess.Popen[str], signum: int, after: float) -> int:

@@ -1,17 +1,21 @@
 """Run a whole job on this machine: plan, shard workers in parallel, merge, commit.
 
-Each shard runs as its own ``ecs-query worker`` process with the same environment an ECS task
-would get, so local runs exercise the container contract. Transient failures are retried with
-backoff; a user error stops the job at once.
+Each shard runs in a process of its own that runs ``ecs-query worker`` with exactly the
+environment an ECS task would get, so local runs exercise the container contract. Transient
+failures are retried with backoff; a user error stops the job at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.process
 import os
-import subprocess
+import signal
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ecs_query import planner, stages
-from ecs_query.errors import EXIT_USER_ERROR, ShardFailuresError
+from ecs_query.errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, ShardFailuresError
 from ecs_query.planner import Plan
 from ecs_query.spec import JobSpec, Stage, TaskContext, Var
 
@@ -70,6 +74,8 @@ def run_job(
 ) -> RunReport:
     """Plan, run every shard, then finalize. Raises ``ShardFailuresError`` if any shard fails."""
     started = time.perf_counter()
+    # The fork server imports the worker while the plan is made.
+    multiprocessing.forkserver.ensure_running()
     outcome = stages.plan_job(spec, options.endpoint_url, write_summary=False)
     planned = time.perf_counter()
     if outcome.plan is None:
@@ -128,7 +134,8 @@ class _ShardRunner:
         self.workers = worker_count(options.workers, len(plan.shards))
         self.threads = max(1, (os.cpu_count() or 1) // self.workers)
         self.stop = threading.Event()
-        self.running: dict[int, subprocess.Popen[str]] = {}
+        self.running: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.log_dir = ""
         self.lock = threading.Lock()
         self.retries = 0
 
@@ -145,6 +152,11 @@ class _ShardRunner:
         return env
 
     def run_all(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="ecs-query-logs-") as log_dir:
+            self.log_dir = log_dir
+            self._run_all()
+
+    def _run_all(self) -> None:
         base = self.base_env()
         failures: list[tuple[int, str, bool]] = []
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -198,19 +210,22 @@ class _ShardRunner:
         env = dict(base)
         env[Var.SHARD_INDEX.env] = str(index)
         env[Var.ATTEMPT.env] = f"local-{attempt}-{uuid.uuid4().hex[:8]}"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ecs_query", "worker"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        log_path = os.path.join(self.log_dir, f"shard-{index:05d}-{attempt}.log")
+        process = _FORKSERVER.Process(
+            target=_shard_process, args=(env, log_path), name=f"ecs-query-shard-{index}"
         )
         with self.lock:
+            if self.stop.is_set():
+                return -signal.SIGTERM, "", ShardEvent(index, False)
+            process.start()
             self.running[index] = process
-        output, _ = process.communicate()
+        process.join()
         with self.lock:
             self.running.pop(index, None)
-        event = ShardEvent(index, process.returncode == 0)
+        code = process.exitcode if process.exitcode is not None else EXIT_INTERNAL_ERROR
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            output = handle.read()
+        event = ShardEvent(index, code == 0)
         message = ""
         for line in output.splitlines():
             record = _json_line(line)
@@ -223,12 +238,36 @@ class _ShardRunner:
                 event.input_bytes = int(record.get("input_bytes", 0))
             elif record.get("level") in {"ERROR", "CRITICAL"}:
                 message = f"{record.get('error_type', 'Error')}: {record.get('message')}"
-        if process.returncode != 0 and not message:
-            message = f"worker exited with code {process.returncode}"
-        if process.returncode < 0:
-            message = f"worker killed by signal {-process.returncode}"
+        if code != 0 and not message:
+            message = f"worker exited with code {code}"
+        if code < 0:
+            message = f"worker killed by signal {-code}"
         event.message = message
-        return process.returncode, message, event
+        return code, message, event
+
+
+# Shard processes are forked from a server process that has already imported the worker
+# (DuckDB, boto3, the planner): a fresh process per shard, as on ECS, without paying
+# ~0.3 s of interpreter start and imports for each one.
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["ecs_query.worker"])
+
+
+def _shard_process(env: dict[str, str], log_path: str) -> None:
+    """A shard process: ``ecs-query worker`` with the task's environment and nothing else,
+    its output going to ``log_path``."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.environ.clear()
+    os.environ.update(env)
+    from ecs_query import worker
+
+    code = worker.main(env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _json_line(line: str) -> dict[str, Any] | None:
