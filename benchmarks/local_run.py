@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,11 @@ def compare(data: Path, output: Path, *, runs: int, console: Console) -> Compari
     comparison = Comparison()
     for _ in range(runs):
         comparison.baseline.append(timed(lambda: run_baseline(data)))
-        comparison.contender.append(timed(lambda: run_contender(data, output)))
+        contender = timed(lambda: run_contender(data, output))
+        # Shard processes fork from a server process, not from this one, so their CPU time is
+        # not among this process's children: the job reports it.
+        shard_cpu = contender.value.report.worker_cpu_seconds
+        comparison.contender.append(replace(contender, cpu=contender.cpu + shard_cpu))
     return comparison
 
 
@@ -315,7 +319,10 @@ def investigate(
             result = timed(variant.work)
             variant.walls.append(result.wall)
             variant.ratios.append(result.wall / baseline.walls[-1])
-            variant.cpus.append(result.cpu)
+            shard_cpu = (
+                result.value.report.worker_cpu_seconds if isinstance(result.value, JobRun) else 0.0
+            )
+            variant.cpus.append(result.cpu + shard_cpu)
             if isinstance(result.value, JobRun):
                 variant.phases.append(result.value.report.timings)
                 variant.shards = str(result.value.shards)

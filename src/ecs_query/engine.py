@@ -158,7 +158,9 @@ def reader_sql(input_format: InputFormat, files: Sequence[str]) -> str:
 def create_view(
     con: duckdb.DuckDBPyConnection, name: str, input_format: InputFormat, files: Sequence[str]
 ) -> None:
-    con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader_sql(input_format, files)}')
+    """Expose ``files`` as the view ``name``. DuckDB reads the files' schemas here, so a corrupt
+    or mismatched file already fails now, classified like any other query error."""
+    run(con, f'CREATE VIEW "{name}" AS SELECT * FROM {reader_sql(input_format, files)}', {})
 
 
 def single_select(con: duckdb.DuckDBPyConnection, sql: str, what: str = "SQL") -> str:

@@ -42,6 +42,7 @@ class ShardEvent:
     ok: bool
     rows: int = 0
     input_bytes: int = 0
+    cpu_seconds: float = 0.0
     message: str = ""
     will_retry: bool = False
 
@@ -54,6 +55,7 @@ class RunReport:
     seconds: float
     already_committed: bool = False
     retries: int = 0
+    worker_cpu_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -107,6 +109,7 @@ def run_job(
         manifest,
         finished - started,
         retries=runner.retries,
+        worker_cpu_seconds=runner.cpu_seconds,
         timings={
             "plan": planned - started,
             "shards": sharded - planned,
@@ -138,6 +141,7 @@ class _ShardRunner:
         self.log_dir = ""
         self.lock = threading.Lock()
         self.retries = 0
+        self.cpu_seconds = 0.0  # of successful shard processes, which the runner cannot wait for
 
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -190,6 +194,8 @@ class _ShardRunner:
                 return False, "", False
             code, message, event = self.run_attempt(index, attempt, base)
             if code == 0:
+                with self.lock:
+                    self.cpu_seconds += event.cpu_seconds
                 self.on_shard(event)
                 return True, "", False
             user_error = code == EXIT_USER_ERROR
@@ -236,6 +242,7 @@ class _ShardRunner:
             if record.get("message") == "shard done":
                 event.rows = int(record.get("rows", 0))
                 event.input_bytes = int(record.get("input_bytes", 0))
+                event.cpu_seconds = float(record.get("cpu_s", 0.0))
             elif record.get("level") in {"ERROR", "CRITICAL"}:
                 message = f"{record.get('error_type', 'Error')}: {record.get('message')}"
         if code != 0 and not message:

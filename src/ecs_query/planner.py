@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 STAGING_DIR: Final = "_ecs_query"
 MANIFEST_NAME: Final = "_manifest.json"
+PLAN_NAME: Final = "plan.json"
+ITEMS_NAME: Final = "items.json"
+SUMMARY_NAME: Final = "summary.json"
+PLAN_FAILURE_NAME: Final = "plan-failure.json"
 
 _EXTENSIONS: Final[dict[str, InputFormat]] = {
     ".parquet": InputFormat.PARQUET,
@@ -54,16 +58,21 @@ def staging_uri(spec: JobSpec) -> str:
 
 
 def plan_uri(spec: JobSpec) -> str:
-    return join(staging_uri(spec), "plan.json")
+    return join(staging_uri(spec), PLAN_NAME)
 
 
 def items_uri(spec: JobSpec) -> str:
-    return join(staging_uri(spec), "items.json")
+    return join(staging_uri(spec), ITEMS_NAME)
 
 
 def summary_uri(spec: JobSpec) -> str:
     """The plan's summary, which the state machine reads to size the Map and its tasks."""
-    return join(staging_uri(spec), "summary.json")
+    return join(staging_uri(spec), SUMMARY_NAME)
+
+
+def plan_failure_uri(spec: JobSpec) -> str:
+    """Why the plan stage failed, for the state machine to put in the execution's cause."""
+    return join(staging_uri(spec), PLAN_FAILURE_NAME)
 
 
 def manifest_uri(output: str) -> str:

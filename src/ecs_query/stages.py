@@ -237,11 +237,11 @@ def run_shard(spec: JobSpec, context: TaskContext, plan: Plan | None = None) -> 
         settings = _engine_settings(context)
         con = engine.connect(settings, readable=[*files, *table_files], writable_dirs=[scratch])
         try:
-            _create_views(con, plan, files)
-            sql = engine.single_select(con, plan.shard_sql, "SQL")
-            params = engine.bind_params(con, sql, spec.params, "SQL")
             local = os.path.join(scratch, f"part.{output_format.value}")
             try:
+                _create_views(con, plan, files)
+                sql = engine.single_select(con, plan.shard_sql, "SQL")
+                params = engine.bind_params(con, sql, spec.params, "SQL")
                 rows = engine.copy_to(con, sql, params, local, output_format.value)
             except EcsQueryError as error:
                 raise type(error)(f"{error} (shard {index}, files: {_few(files)})") from error

@@ -9,8 +9,10 @@ only after their data, nothing half-written is ever committed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -19,7 +21,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, Final
 
-from ecs_query import engine, logs, stages, storage
+from ecs_query import engine, logs, planner, stages, storage
 from ecs_query.errors import (
     EXIT_INTERNAL_ERROR,
     EXIT_OK,
@@ -52,7 +54,27 @@ def main(environ: Mapping[str, str] | None = None) -> int:
         fields["shard"] = context.shard_index
     if context.attempt:
         fields["attempt"] = context.attempt
-    return _run_interruptible(lambda: _run_stage(spec, context, fields), fields)
+    code = _run_interruptible(lambda: _run_stage(spec, context, fields), fields)
+    if code != EXIT_OK and context.stage is Stage.PLAN:
+        _record_plan_failure(spec, context, fields, code)
+    return code
+
+
+def _record_plan_failure(
+    spec: JobSpec, context: TaskContext, fields: Mapping[str, Any], code: int
+) -> None:
+    """Leave the plan's error where the state machine reads it for the execution's cause:
+    a rejected job then says why in Step Functions itself, not only in the task's logs."""
+    failure = {
+        "error": fields.get("error_type", "PlanFailed"),
+        "cause": fields.get("error_message", f"the plan stage exited with code {code}"),
+        "exit_code": code,
+    }
+    uri = planner.plan_failure_uri(spec)
+    try:
+        storage.store_for(uri, context.endpoint_url).write_bytes(uri, json.dumps(failure).encode())
+    except Exception:  # best effort: the logs still hold the error
+        logger.warning("could not record the plan failure", exc_info=True, extra={"fields": fields})
 
 
 def _run_stage(spec: JobSpec, context: TaskContext, fields: dict[str, Any]) -> None:
@@ -79,6 +101,7 @@ def _run_stage(spec: JobSpec, context: TaskContext, fields: dict[str, Any]) -> N
             "rows": result.rows,
             "bytes_out": result.bytes_out,
             "duration_ms": _ms(started),
+            "cpu_s": _cpu_seconds(),
         }
         logger.info("shard done", extra={"fields": done})
         logs.emit_metrics(
@@ -147,10 +170,12 @@ def _run_interruptible(work: Callable[[], None], fields: dict[str, Any]) -> int:
     if failure is None:
         return EXIT_OK
     if not isinstance(failure, EcsQueryError):
+        fields["error_type"] = type(failure).__name__
+        fields["error_message"] = f"unexpected {type(failure).__name__}: {failure}"
         logger.error(
             "unexpected error",
             exc_info=failure,
-            extra={"fields": {**fields, "error_type": type(failure).__name__}},
+            extra={"fields": {k: v for k, v in fields.items() if k != "error_message"}},
         )
         _metric_failure(fields)
         return EXIT_INTERNAL_ERROR
@@ -158,13 +183,15 @@ def _run_interruptible(work: Callable[[], None], fields: dict[str, Any]) -> int:
     return failure.exit_code
 
 
-def _report_failure(error: EcsQueryError, fields: Mapping[str, Any], duration_ms: float) -> None:
+def _report_failure(error: EcsQueryError, fields: dict[str, Any], duration_ms: float) -> None:
     kind = "UserError" if isinstance(error, UserError) else type(error).__name__
+    fields["error_type"] = kind
+    fields["error_message"] = str(error)
     logger.error(
         str(error),
         extra={
             "fields": {
-                **fields,
+                **{key: value for key, value in fields.items() if key != "error_message"},
                 "error_type": kind,
                 "exit_code": error.exit_code,
                 "duration_ms": round(duration_ms),
@@ -178,6 +205,12 @@ def _metric_failure(fields: Mapping[str, Any]) -> None:
     stage = str(fields.get("stage", "shard"))
     name = "ShardsFailed" if stage == Stage.SHARD.value else "StagesFailed"
     logs.emit_metrics(stage, {name: (1, "Count")}, {"JobId": fields.get("job")})
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process so far: its startup, DuckDB's threads and the upload."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 3)
 
 
 def _ms(started: float) -> float:

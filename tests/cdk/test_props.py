@@ -257,8 +257,8 @@ def test_container_environment_names_the_spill_folder_when_given() -> None:
 def test_workflow_reads_the_staging_files_the_planner_writes() -> None:
     spec = JobSpec(sql="SELECT 1", input="s3://in/x/", output="s3://out/res/q1", job_id="j-1")
     key_prefix = "res/q1"
-    summary = f"{key_prefix}/{workflow.STAGING_DIR}/j-1/{workflow.SUMMARY_NAME}"
-    items = f"{key_prefix}/{workflow.STAGING_DIR}/j-1/{workflow.ITEMS_NAME}"
+    summary = f"{key_prefix}/{planner.STAGING_DIR}/j-1/{planner.SUMMARY_NAME}"
+    items = f"{key_prefix}/{planner.STAGING_DIR}/j-1/{planner.ITEMS_NAME}"
     assert planner.summary_uri(spec) == f"s3://out/{summary}"
     assert planner.items_uri(spec) == f"s3://out/{items}"
 

@@ -292,8 +292,33 @@ def test_finalize_retries_once_after_capacity_retries(states: dict[str, dict[str
         CAPACITY_RETRY,
         {"ErrorEquals": ["States.TaskFailed"], "IntervalSeconds": 30, "MaxAttempts": 1},
     ]
-    assert "Catch" not in states["Plan"]
     assert len(states["Plan"]["Retry"]) == 1
+
+
+def test_a_failed_plan_ends_the_execution_with_the_workers_own_error(
+    states: dict[str, dict[str, Any]],
+) -> None:
+    assert states["Plan"]["Catch"] == [
+        {"ErrorEquals": ["States.TaskFailed"], "Next": "ReadPlanFailure", "ResultPath": "$.error"}
+    ]
+    read = states["ReadPlanFailure"]
+    assert read["Resource"] == "arn:aws:states:::aws-sdk:s3:getObject"
+    assert read["Parameters"]["Key.$"] == (
+        "States.Format('{}/_ecs_query/{}/plan-failure.json', $.job.output_prefix, $.job.job_id)"
+    )
+    assert read["Next"] == "PlanRejected"
+    assert states["PlanRejected"] == {
+        "Type": "Fail",
+        "ErrorPath": "$.plan.failure.error",
+        "CausePath": "$.plan.failure.cause",
+    }
+    # Without the worker's record (the task was killed), the task's description is the cause.
+    assert read["Catch"][0]["Next"] == "PlanFailed"
+    assert states["PlanFailed"] == {
+        "Type": "Fail",
+        "Error": "PlanFailed",
+        "CausePath": "$.error.Cause",
+    }
 
 
 # ---------------------------------------------------------------------------- IAM

@@ -344,13 +344,15 @@ def test_bad_sql_fails_the_execution_at_plan_without_retry_or_shards(
 ) -> None:
     result = bad_sql.result
     assert result.status == "FAILED"
-    assert result.error == "States.TaskFailed"
-    cause = json.loads(result.cause or "")
-    assert cause["Containers"][0]["ExitCode"] == 65
+    assert result.error == "UserError"
     (plan,) = bad_sql.tasks  # one plan task: no retry, no shard, no finalize
-    assert (plan.stage, plan.state_name, cause["TaskArn"]) == ("plan", "Plan", plan.task_arn)
+    assert (plan.stage, plan.state_name, plan.exit_code) == ("plan", "Plan", 65)
     assert "RunShards" not in result.states_entered()
-    assert orchestration.keys("results/bad-sql") == []
+    # Nothing is published; the only object is the failure record the execution's cause
+    # came from, in the job's staging area.
+    assert orchestration.keys("results/bad-sql") == [
+        "results/bad-sql/_ecs_query/bad-sql/plan-failure.json"
+    ]
 
     # The SQL error is in the plan task's log stream, which the cause's TaskArn leads to.
     (record,) = bad_sql.errors[plan.task_id]
@@ -359,15 +361,11 @@ def test_bad_sql_fails_the_execution_at_plan_without_retry_or_shards(
     assert "no_such_column" in record["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the execution's cause is the plan task's description; the worker's message reaches "
-    "only its log stream (docs/orchestration.md, 'Gaps the runs show')",
-)
 def test_bad_sql_puts_the_workers_message_in_the_execution_cause(bad_sql: FailedRun) -> None:
     (plan,) = bad_sql.tasks
     (record,) = bad_sql.errors[plan.task_id]
-    assert record["message"] in (bad_sql.result.cause or "")
+    assert record["message"] == bad_sql.result.cause
+    assert 'Referenced column "no_such_column" not found' in (bad_sql.result.cause or "")
 
 
 def test_a_corrupt_input_file_fails_the_job_names_the_file_and_commits_nothing(
@@ -388,12 +386,6 @@ def test_a_corrupt_input_file_fails_the_job_names_the_file_and_commits_nothing(
     assert [k for k in orchestration.keys("results/corrupt") if "/_ecs_query/" not in k] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.create_view lets DuckDB's InvalidInputException escape unclassified: the "
-    "worker exits 70 (internal), so the shard runs on Spot, on demand and again on demand "
-    "before ShardFailed (docs/orchestration.md, 'Gaps the runs show')",
-)
 def test_a_corrupt_input_file_is_rejected_as_a_user_error_without_a_rerun(
     corrupt: FailedRun,
 ) -> None:

@@ -16,6 +16,7 @@ import aws_cdk as cdk
 from aws_cdk import aws_iam as iam
 from constructs import IConstruct
 
+from ecs_query import planner
 from ecs_query.cdk import _scoping, _storage
 from ecs_query.cdk import _workflow as workflow
 
@@ -147,13 +148,22 @@ def _state_machine(processor: QueryProcessor) -> None:
             "grants it for ecs:runTask.sync; a new revision must not break running jobs.",
         )
         summary = processor.output_bucket.arn_for_objects(
-            workflow.staging_key_pattern(processor.output_prefix_scope, workflow.SUMMARY_NAME)
+            workflow.staging_key_pattern(processor.output_prefix_scope, planner.SUMMARY_NAME)
         )
         _ack(
             policy,
             [wildcard_resource(policy, summary)],
             "Reads the plan summary that the plan task writes under each job's output prefix; "
             "the prefix and job id are chosen per execution.",
+        )
+        plan_failure = processor.output_bucket.arn_for_objects(
+            workflow.staging_key_pattern(processor.output_prefix_scope, planner.PLAN_FAILURE_NAME)
+        )
+        _ack(
+            policy,
+            [wildcard_resource(policy, plan_failure)],
+            "Reads why a job's plan failed, which the plan task writes under the job's output "
+            "prefix; the prefix and job id are chosen per execution.",
         )
         _ack(
             policy,

@@ -32,12 +32,11 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from ecs_query.planner import ITEMS_NAME, PLAN_FAILURE_NAME, STAGING_DIR, SUMMARY_NAME
 from ecs_query.spec import DEFAULT_TARGET_SHARD_MIB, OutputFormat, Stage, Var
 
-# Where the plan stage writes, relative to the job's output prefix (see ecs_query.planner).
-STAGING_DIR: Final = "_ecs_query"
-SUMMARY_NAME: Final = "summary.json"
-ITEMS_NAME: Final = "items.json"
+# Where the plan stage writes, relative to the job's output prefix, comes from the planner:
+# STAGING_DIR, SUMMARY_NAME, ITEMS_NAME and PLAN_FAILURE_NAME.
 
 # Errors of ecs:runTask that say "not now" rather than "never": capacity shortages and
 # throttling surface as AmazonECSException; the others are the service's own retryable faults.
@@ -100,6 +99,11 @@ def build_definition(scope: Construct, targets: WorkflowTargets) -> sfn.IChainab
     """The whole job, from the execution input to the committed manifest."""
     plan = _run_task(scope, "Plan", targets, stage=Stage.PLAN, spot=False)
     _retry_capacity(plan)
+    plan.add_catch(
+        _explain_plan_failure(scope, targets),
+        errors=[sfn.Errors.TASKS_FAILED],
+        result_path="$.error",
+    )
 
     finalize = _run_task(
         scope,
@@ -336,6 +340,51 @@ def _retry_capacity(task: tasks.EcsRunTask) -> None:
         max_attempts=5,
         jitter_strategy=sfn.JitterType.FULL,
     )
+
+
+def _explain_plan_failure(scope: Construct, targets: WorkflowTargets) -> tasks.CallAwsService:
+    """A failed plan (bad SQL, a missing parameter, unreadable input) ends the execution with
+    the worker's own error and message, which it leaves in ``plan-failure.json``. Without that
+    file (the task was killed), the execution fails with the task's description."""
+    key = sfn.JsonPath.format(
+        f"{{}}/{STAGING_DIR}/{{}}/{PLAN_FAILURE_NAME}",
+        sfn.JsonPath.string_at("$.job.output_prefix"),
+        sfn.JsonPath.string_at("$.job.job_id"),
+    )
+    read = tasks.CallAwsService(
+        scope,
+        "ReadPlanFailure",
+        service="s3",
+        action="getObject",
+        iam_action="s3:GetObject",
+        parameters={"Bucket": targets.output_bucket.bucket_name, "Key": key},
+        iam_resources=[
+            targets.output_bucket.arn_for_objects(
+                staging_key_pattern(targets.output_prefix_scope, PLAN_FAILURE_NAME)
+            )
+        ],
+        result_selector={"failure": sfn.JsonPath.string_to_json(sfn.JsonPath.string_at("$.Body"))},
+        result_path="$.plan",
+    )
+    read.add_catch(
+        sfn.Fail(
+            scope,
+            "PlanFailed",
+            error="PlanFailed",
+            cause_path=sfn.JsonPath.string_at("$.error.Cause"),
+        ),
+        errors=[sfn.Errors.ALL],
+        result_path="$.readError",
+    )
+    read.next(
+        sfn.Fail(
+            scope,
+            "PlanRejected",
+            error_path=sfn.JsonPath.string_at("$.plan.failure.error"),
+            cause_path=sfn.JsonPath.string_at("$.plan.failure.cause"),
+        )
+    )
+    return read
 
 
 def _read_summary(scope: Construct, targets: WorkflowTargets) -> tasks.CallAwsService:
