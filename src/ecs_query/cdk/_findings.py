@@ -147,24 +147,20 @@ def _state_machine(processor: QueryProcessor) -> None:
             "ecs:RunTask on any revision of this construct's task definition family, as CDK "
             "grants it for ecs:runTask.sync; a new revision must not break running jobs.",
         )
-        summary = processor.output_bucket.arn_for_objects(
-            workflow.staging_key_pattern(processor.output_prefix_scope, planner.SUMMARY_NAME)
-        )
-        _ack(
-            policy,
-            [wildcard_resource(policy, summary)],
-            "Reads the plan summary that the plan task writes under each job's output prefix; "
-            "the prefix and job id are chosen per execution.",
-        )
-        plan_failure = processor.output_bucket.arn_for_objects(
-            workflow.staging_key_pattern(processor.output_prefix_scope, planner.PLAN_FAILURE_NAME)
-        )
-        _ack(
-            policy,
-            [wildcard_resource(policy, plan_failure)],
-            "Reads why a job's plan failed, which the plan task writes under the job's output "
-            "prefix; the prefix and job id are chosen per execution.",
-        )
+        staged = {
+            planner.SUMMARY_NAME: "the plan summary",
+            planner.PLAN_FAILURE_NAME: "why a job's plan failed",
+        }
+        for name, what in staged.items():
+            arn = processor.output_bucket.arn_for_objects(
+                workflow.staging_key_pattern(processor.output_prefix_scope, name)
+            )
+            _ack(
+                policy,
+                [wildcard_resource(policy, arn)],
+                f"Reads {what}, which the plan task writes under each job's output prefix; the "
+                "prefix and job id are chosen per execution.",
+            )
         _ack(
             policy,
             [wildcard_resource(policy, _item_reader_arn(processor))],

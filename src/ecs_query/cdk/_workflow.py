@@ -342,30 +342,37 @@ def _retry_capacity(task: tasks.EcsRunTask) -> None:
     )
 
 
-def _explain_plan_failure(scope: Construct, targets: WorkflowTargets) -> tasks.CallAwsService:
-    """A failed plan (bad SQL, a missing parameter, unreadable input) ends the execution with
-    the worker's own error and message, which it leaves in ``plan-failure.json``. Without that
-    file (the task was killed), the execution fails with the task's description."""
+def _read_staged_json(
+    scope: Construct, construct_id: str, targets: WorkflowTargets, name: str, field: str
+) -> tasks.CallAwsService:
+    """Read the JSON document ``name`` from the job's staging area into ``$.plan.<field>``."""
     key = sfn.JsonPath.format(
-        f"{{}}/{STAGING_DIR}/{{}}/{PLAN_FAILURE_NAME}",
+        f"{{}}/{STAGING_DIR}/{{}}/{name}",
         sfn.JsonPath.string_at("$.job.output_prefix"),
         sfn.JsonPath.string_at("$.job.job_id"),
     )
-    read = tasks.CallAwsService(
+    return tasks.CallAwsService(
         scope,
-        "ReadPlanFailure",
+        construct_id,
         service="s3",
         action="getObject",
         iam_action="s3:GetObject",
         parameters={"Bucket": targets.output_bucket.bucket_name, "Key": key},
         iam_resources=[
             targets.output_bucket.arn_for_objects(
-                staging_key_pattern(targets.output_prefix_scope, PLAN_FAILURE_NAME)
+                staging_key_pattern(targets.output_prefix_scope, name)
             )
         ],
-        result_selector={"failure": sfn.JsonPath.string_to_json(sfn.JsonPath.string_at("$.Body"))},
+        result_selector={field: sfn.JsonPath.string_to_json(sfn.JsonPath.string_at("$.Body"))},
         result_path="$.plan",
     )
+
+
+def _explain_plan_failure(scope: Construct, targets: WorkflowTargets) -> tasks.CallAwsService:
+    """A failed plan (bad SQL, a missing parameter, unreadable input) ends the execution with
+    the worker's own error and message, which it leaves in ``plan-failure.json``. Without that
+    file (the task was killed), the execution fails with the task's description."""
+    read = _read_staged_json(scope, "ReadPlanFailure", targets, PLAN_FAILURE_NAME, "failure")
     read.add_catch(
         sfn.Fail(
             scope,
@@ -389,26 +396,7 @@ def _explain_plan_failure(scope: Construct, targets: WorkflowTargets) -> tasks.C
 
 def _read_summary(scope: Construct, targets: WorkflowTargets) -> tasks.CallAwsService:
     """The plan's summary: shard count, task size, concurrency, already committed or not."""
-    key = sfn.JsonPath.format(
-        f"{{}}/{STAGING_DIR}/{{}}/{SUMMARY_NAME}",
-        sfn.JsonPath.string_at("$.job.output_prefix"),
-        sfn.JsonPath.string_at("$.job.job_id"),
-    )
-    read = tasks.CallAwsService(
-        scope,
-        "ReadSummary",
-        service="s3",
-        action="getObject",
-        iam_action="s3:GetObject",
-        parameters={"Bucket": targets.output_bucket.bucket_name, "Key": key},
-        iam_resources=[
-            targets.output_bucket.arn_for_objects(
-                staging_key_pattern(targets.output_prefix_scope, SUMMARY_NAME)
-            )
-        ],
-        result_selector={"summary": sfn.JsonPath.string_to_json(sfn.JsonPath.string_at("$.Body"))},
-        result_path="$.plan",
-    )
+    read = _read_staged_json(scope, "ReadSummary", targets, SUMMARY_NAME, "summary")
     read.add_retry(
         errors=[sfn.Errors.TASKS_FAILED], interval=cdk.Duration.seconds(2), max_attempts=2
     )
