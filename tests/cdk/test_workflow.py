@@ -27,6 +27,7 @@ CAPACITY_RETRY = {
         "ECS.ServerException",
         "ECS.ThrottlingException",
         "ECS.LimitExceededException",
+        "AmazonECS.Unknown",
     ],
     "IntervalSeconds": 5,
     "MaxAttempts": 5,

@@ -40,11 +40,13 @@ from ecs_query.spec import DEFAULT_TARGET_SHARD_MIB, OutputFormat, Stage, Var
 
 # Errors of ecs:runTask that say "not now" rather than "never": capacity shortages and
 # throttling surface as AmazonECSException; the others are the service's own retryable faults.
+# A RunTask answer with a non-empty Failures list fails a .sync task as AmazonECS.Unknown.
 CAPACITY_ERRORS: Final = (
     "ECS.AmazonECSException",
     "ECS.ServerException",
     "ECS.ThrottlingException",
     "ECS.LimitExceededException",
+    "AmazonECS.Unknown",
 )
 # Worker exit codes (ecs_query.errors) and signals that another attempt may cure.
 EXIT_USER_ERROR: Final = 65
