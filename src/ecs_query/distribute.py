@@ -31,6 +31,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
+from ecs_query import engine
 from ecs_query.errors import QueryError
 
 _DIALECT: Final = "duckdb"
@@ -149,7 +150,8 @@ def distribute(
     """
     text = sql.strip().rstrip(";").strip()
     with _database().cursor() as con:
-        _check_one_select(con, text)
+        # DuckDB's own parser decides what counts as one SELECT statement.
+        engine.single_select(con, text)
         if single_task:
             return Distribution(
                 Mode.SINGLE, text, None, "--single-task: one task reads the whole input"
@@ -189,19 +191,6 @@ def _database() -> duckdb.DuckDBPyConnection:
     Kept open because opening a database costs tens of milliseconds. It never reads files.
     """
     return duckdb.connect(config={"enable_external_access": False})
-
-
-def _check_one_select(con: duckdb.DuckDBPyConnection, text: str) -> None:
-    """DuckDB's own parser decides what counts as one SELECT statement."""
-    try:
-        statements = con.extract_statements(text)
-    except duckdb.Error as error:
-        raise QueryError(f"SQL does not parse: {_first_line(error)}") from error
-    if len(statements) != 1:
-        raise QueryError(f"SQL must be one SELECT statement; received {len(statements)}")
-    if statements[0].type != duckdb.StatementType.SELECT:
-        kind = statements[0].type.name
-        raise QueryError(f"SQL must be a SELECT (or WITH ... SELECT); received a {kind}")
 
 
 def _parse(text: str) -> exp.Expr:
